@@ -1,0 +1,5 @@
+import sys
+
+from perceiver_vl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,180 @@
+"""Attention blocks: latent self-attention (fused QKV) and cross-attention (separate Q, K, V).
+
+All attention goes through ``F.scaled_dot_product_attention``. Key masks are boolean with
+``True`` = attend; a query whose keys are all masked gets a zero attention output instead of NaN.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _key_mask_for_sdpa(key_mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """(B, M) bool key mask -> ((B, 1, 1, M) SDPA mask or None, (B,) rows-with-any-key or None)."""
+    if key_mask is None:
+        return None, None
+    has_key = key_mask.any(dim=-1)
+    if bool(has_key.all()):
+        if bool(key_mask.all()):
+            return None, None
+        return key_mask[:, None, None, :], None
+    # A sample with no real key would give softmax over nothing (NaN): let it attend to all
+    # keys, then zero its output below.
+    safe = key_mask | ~has_key[:, None]
+    return safe[:, None, None, :], has_key
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP with exact (erf) GELU, timm names ``fc1`` / ``fc2``."""
+
+    def __init__(self, *, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection (timm ``attn.qkv`` / ``attn.proj``)."""
+
+    def __init__(self, *, dim: int, num_heads: int, attention_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attention_dropout = attention_dropout
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """x: (B, S, D); key_mask: (B, S) bool or None -> (B, S, D)."""
+        b, s, d = x.shape
+        qkv = self.qkv(x).view(b, s, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        mask, has_key = _key_mask_for_sdpa(key_mask)
+        out = F.scaled_dot_product_attention(
+            qkv[0],
+            qkv[1],
+            qkv[2],
+            attn_mask=mask,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )
+        out = self.proj(out.transpose(1, 2).reshape(b, s, d))
+        if has_key is not None:
+            out = out * has_key[:, None, None].to(out.dtype)
+        return out
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention: queries from one array, keys/values from another.
+
+    Separate ``q``, ``k``, ``v`` projections (the released checkpoint's names). Keys and values
+    of the context are projected once per call, whatever the number of queries.
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, attention_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attention_dropout = attention_dropout
+
+    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """x: (B, Q, D) queries; context: (B, M, D); key_mask: (B, M) bool -> (B, Q, D)."""
+        b, q_len, d = x.shape
+        m = context.shape[1]
+        h, hd = self.num_heads, d // self.num_heads
+        q = self.q(x).view(b, q_len, h, hd).transpose(1, 2)
+        k = self.k(context).view(b, m, h, hd).transpose(1, 2)
+        v = self.v(context).view(b, m, h, hd).transpose(1, 2)
+        mask, has_key = _key_mask_for_sdpa(key_mask)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0
+        )
+        out = self.proj(out.transpose(1, 2).reshape(b, q_len, d))
+        if has_key is not None:
+            out = out * has_key[:, None, None].to(out.dtype)
+        return out
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-LN transformer layer: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        mlp_hidden_dim: int,
+        eps: float,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = SelfAttention(dim=dim, num_heads=num_heads, attention_dropout=attention_dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim=dim, hidden_dim=mlp_hidden_dim, dropout=dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), key_mask))
+        return x + self.mlp(self.norm2(x))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Cross-attention block: queries ``x`` read ``context``, then an MLP.
+
+    ``residual="normalized"`` reproduces the released model: ``h = norm1(x); x = h + attn(h, c)``
+    (the residual starts from the normalised queries). ``residual="standard"`` is the usual
+    pre-LN form ``x = x + attn(norm1(x), c)``. The context is not normalised inside the block
+    (the encoder normalises the whole input array once).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        mlp_hidden_dim: int,
+        eps: float,
+        residual: str = "normalized",
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.residual = residual
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = CrossAttention(
+            dim=dim, num_heads=num_heads, attention_dropout=attention_dropout
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim=dim, hidden_dim=mlp_hidden_dim, dropout=dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """x: (B, Q, D); context: (B, M, D); key_mask: (B, M) bool, True = real -> (B, Q, D)."""
+        h = self.norm1(x)
+        base = h if self.residual == "normalized" else x
+        x = base + self.drop(self.attn(h, context, key_mask))
+        return x + self.mlp(self.norm2(x))
+
+
+def expand_batch(t: Tensor, batch_size: int) -> Tensor:
+    """(1, ...) or (...) learned array -> (B, ...) view without copying."""
+    if t.dim() == 2:
+        t = t.unsqueeze(0)
+    return t.expand(batch_size, *t.shape[1:])
+
+
+__all__ = [
+    "CrossAttention",
+    "CrossAttentionBlock",
+    "Mlp",
+    "SelfAttention",
+    "SelfAttentionBlock",
+    "expand_batch",
+]

@@ -1,0 +1,240 @@
+"""The model configuration: one typed dataclass, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+CrossAttentionResidual = Literal["normalized", "standard"]
+QALoss = Literal["bce", "ce"]
+
+
+@dataclass
+class PerceiverVLConfig:
+    """Configuration of a :class:`~perceiver_vl.PerceiverVL` model.
+
+    Defaults are the paper's / released model's settings (ViT-B/32 sized latent stack, MSRVTT input).
+    Paper symbols in brackets.
+
+    Attributes:
+        hidden_size: Width of every token, latent and query [D]. 768.
+        num_heads: Attention heads in every attention layer; must divide ``hidden_size``. 12.
+        mlp_ratio: MLP hidden width as a multiple of ``hidden_size``. 4.
+        num_self_attention_layers: Latent self-attention layers [l]. 12.
+        cross_attention_before_layers: The cross-attention schedule: a cross-attention block
+            (latents read the input array) runs before each of these self-attention layer indices.
+            ``(0, 4, 8)``: three blocks of one cross-attention + four self-attention layers.
+        num_latents: Length of the learned latent array [N]. 128.
+        patch_size: Side of the square patches [P]. 32.
+        image_size: Frame side the position table was trained for; other sizes are accepted and
+            the table is resized bilinearly. 384 (a 12 × 12 grid).
+        max_frames: Rows of the temporal embedding table: the most frames a video may have [T].
+            64 (the paper feeds 8).
+        max_text_length: Rows of the text position table: the longest text [L_T]. 40.
+        vocab_size: WordPiece vocabulary size (BERT-base-uncased). 30522.
+        layer_norm_eps: Epsilon of the transformer LayerNorms. 1e-6.
+        text_layer_norm_eps: Epsilon of the BERT-style LayerNorms (text embedding, MLM head). 1e-12.
+        dropout: Dropout on embeddings, attention outputs and MLPs (training only). 0.1.
+        attention_dropout: Dropout on attention probabilities (training only). 0.0.
+        layerdrop: Probability of skipping each cross-attention block except the first, per
+            training step [p_LD]. 0.5. Never applied in evaluation.
+        layerdrop_seed: Seed shared by every data-parallel rank for the LayerDrop decisions, so
+            that all ranks skip the same blocks in the same step.
+        inference_cross_attention_blocks: Which cross-attention blocks run when the caller does
+            not choose (indices into the schedule, 0 = the first block). ``None`` = all blocks.
+            A model converted from the released checkpoint stores ``(0,)`` (see the spec).
+        cross_attention_residual: ``"normalized"`` (the released model: the residual starts from
+            the LayerNorm-ed latents) or ``"standard"`` (pre-LN: ``x + attn(norm(x))``).
+        modality_embedding: Add a learned visual/text type embedding to every input token
+            (paper §3.1; the released model has none). False.
+        contrastive_dim: Width of the multi-stream retrieval embedding. 256.
+        contrastive_init_temperature: Initial temperature of the contrastive loss. 0.07.
+        num_answers: Size of the QA answer vocabulary; 0 = no classification head. 0.
+        qa_loss: ``"bce"`` (VQA soft scores) or ``"ce"`` (one answer per question).
+    """
+
+    hidden_size: int = 768
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    num_self_attention_layers: int = 12
+    cross_attention_before_layers: tuple[int, ...] = (0, 4, 8)
+    num_latents: int = 128
+    patch_size: int = 32
+    image_size: int = 384
+    max_frames: int = 64
+    max_text_length: int = 40
+    vocab_size: int = 30522
+    layer_norm_eps: float = 1e-6
+    text_layer_norm_eps: float = 1e-12
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    layerdrop: float = 0.5
+    layerdrop_seed: int = 0
+    inference_cross_attention_blocks: tuple[int, ...] | None = None
+    cross_attention_residual: CrossAttentionResidual = "normalized"
+    modality_embedding: bool = False
+    contrastive_dim: int = 256
+    contrastive_init_temperature: float = 0.07
+    num_answers: int = 0
+    qa_loss: QALoss = "bce"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cross_attention_before_layers = tuple(
+            int(i) for i in self.cross_attention_before_layers
+        )
+        if self.inference_cross_attention_blocks is not None:
+            self.inference_cross_attention_blocks = tuple(
+                int(i) for i in self.inference_cross_attention_blocks
+            )
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field, its value and the fix when a setting is invalid."""
+
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"PerceiverVLConfig.{name} must be a positive int, got {value!r}")
+
+        for name in (
+            "hidden_size",
+            "num_heads",
+            "num_self_attention_layers",
+            "num_latents",
+            "patch_size",
+            "image_size",
+            "max_frames",
+            "max_text_length",
+            "vocab_size",
+            "contrastive_dim",
+        ):
+            positive(name)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"PerceiverVLConfig.num_heads={self.num_heads} must divide "
+                f"hidden_size={self.hidden_size}; pick e.g. num_heads={max(1, self.hidden_size // 64)}"
+            )
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"PerceiverVLConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        schedule = self.cross_attention_before_layers
+        if not schedule:
+            raise ValueError(
+                "PerceiverVLConfig.cross_attention_before_layers is empty: the latents must read "
+                "the input at least once; use e.g. (0,)"
+            )
+        if list(schedule) != sorted(set(schedule)):
+            raise ValueError(
+                "PerceiverVLConfig.cross_attention_before_layers must be strictly increasing, "
+                f"got {schedule}"
+            )
+        if schedule[0] < 0 or schedule[-1] >= self.num_self_attention_layers:
+            raise ValueError(
+                f"PerceiverVLConfig.cross_attention_before_layers={schedule} must lie in "
+                f"[0, num_self_attention_layers={self.num_self_attention_layers})"
+            )
+        if self.inference_cross_attention_blocks is not None:
+            check_cross_attention_blocks(
+                self.inference_cross_attention_blocks,
+                len(schedule),
+                "PerceiverVLConfig.inference_cross_attention_blocks",
+            )
+        if not 0.0 <= self.layerdrop < 1.0:
+            raise ValueError(f"PerceiverVLConfig.layerdrop must be in [0, 1), got {self.layerdrop}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(
+                    f"PerceiverVLConfig.{name} must be in [0, 1), got {getattr(self, name)}"
+                )
+        if self.cross_attention_residual not in ("normalized", "standard"):
+            raise ValueError(
+                "PerceiverVLConfig.cross_attention_residual must be 'normalized' or 'standard', "
+                f"got {self.cross_attention_residual!r}"
+            )
+        if self.num_answers < 0:
+            raise ValueError(f"PerceiverVLConfig.num_answers must be >= 0, got {self.num_answers}")
+        if self.qa_loss not in ("bce", "ce"):
+            raise ValueError(
+                f"PerceiverVLConfig.qa_loss must be 'bce' or 'ce', got {self.qa_loss!r}"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"PerceiverVLConfig.image_size={self.image_size} must be a multiple of "
+                f"patch_size={self.patch_size}"
+            )
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden_size(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the trained patch grid (image_size / patch_size)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_cross_attention_blocks(self) -> int:
+        return len(self.cross_attention_before_layers)
+
+    # -- (de)serialisation -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["cross_attention_before_layers"] = list(self.cross_attention_before_layers)
+        if self.inference_cross_attention_blocks is not None:
+            data["inference_cross_attention_blocks"] = list(self.inference_cross_attention_blocks)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PerceiverVLConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known - {"model_type", "format_version"})
+        if unknown:
+            raise ValueError(
+                f"unknown PerceiverVLConfig fields {unknown}; known fields: {sorted(known)}"
+            )
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json_file(self, path: str | Path) -> None:
+        payload = {"model_type": "perceiver-vl", "format_version": 1, **self.to_dict()}
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> PerceiverVLConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def replace(self, **changes: Any) -> PerceiverVLConfig:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def check_cross_attention_blocks(blocks: Any, num_blocks: int, argument: str) -> tuple[int, ...]:
+    """Validate a choice of cross-attention blocks (indices into the schedule)."""
+    try:
+        chosen = tuple(int(i) for i in blocks)
+    except TypeError:
+        raise ValueError(
+            f"{argument} must be a sequence of cross-attention block indices, got {blocks!r}"
+        ) from None
+    if not chosen:
+        raise ValueError(f"{argument} is empty: at least one cross-attention block must run")
+    bad = [i for i in chosen if not 0 <= i < num_blocks]
+    if bad:
+        raise ValueError(
+            f"{argument}={list(chosen)} has indices {bad} out of range: the model has "
+            f"{num_blocks} cross-attention blocks (indices 0..{num_blocks - 1})"
+        )
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"{argument}={list(chosen)} repeats an index")
+    return tuple(sorted(chosen))

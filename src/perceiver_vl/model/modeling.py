@@ -1,0 +1,466 @@
+"""The Perceiver-VL model: embeddings -> latent encoder -> query decoder -> heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import PerceiverVLConfig, check_cross_attention_blocks
+from .decoder import QueryDecoder
+from .embeddings import TextEmbedding, VisualEmbedding
+from .encoder import LatentEncoder, layerdrop_decisions
+from .heads import ClassificationHead, ContrastiveHead, MatchingHead, MLMHead
+
+
+@dataclass
+class PerceiverVLOutput:
+    """What :meth:`PerceiverVL.forward` returns.
+
+    Attributes:
+        loss: Sum of the task losses whose labels were given, else None.
+        matching_loss / mlm_loss / qa_loss: The individual losses (None when not computed).
+        latents: (B, N, D) encoder latents after the final LayerNorm.
+        decoder_states: (B, Q, D) decoder outputs after the decoder LayerNorm; row 0 is the
+            [CLS] query, rows 1..L the masked-LM queries when ``mlm_labels`` were given.
+        matching_logits: (B,) vision-text matching logits (needs both modalities).
+        mlm_logits: (B, L, vocab) masked-LM logits (when ``mlm_labels`` were given).
+        answer_logits: (B, num_answers) QA logits (when the model has a QA head).
+        cross_attention_blocks: the cross-attention blocks that ran (indices into the schedule).
+    """
+
+    loss: Tensor | None = None
+    matching_loss: Tensor | None = None
+    mlm_loss: Tensor | None = None
+    qa_loss: Tensor | None = None
+    latents: Tensor | None = None
+    decoder_states: Tensor | None = None
+    matching_logits: Tensor | None = None
+    mlm_logits: Tensor | None = None
+    answer_logits: Tensor | None = None
+    cross_attention_blocks: tuple[int, ...] = ()
+
+
+@dataclass
+class _Inputs:
+    frames: Tensor | None  # (B, T, 3, H, W)
+    frame_mask: Tensor | None  # (B, T) bool
+    is_video: bool
+    text_ids: Tensor | None
+    text_mask: Tensor | None  # (B, L) bool
+    batch_size: int
+
+
+def _describe(t: Any) -> str:
+    if isinstance(t, Tensor):
+        return f"a {t.dtype} tensor of shape {tuple(t.shape)}"
+    return f"{type(t).__name__}"
+
+
+class PerceiverVL(nn.Module):
+    """Perceiver-VL (Tang et al., WACV 2023).
+
+    Video frames / images are cut into patches and text is embedded; both form one input array of
+    M tokens. A learned latent array of N << M vectors reads it through a few cross-attention
+    blocks; all deep processing is self-attention over the latents, so cost grows linearly in M.
+    A one-layer cross-attention decoder with task queries feeds the heads.
+
+    Inputs (all keyword-only, already on the model's device):
+        video: (B, T, 3, H, W) float in [-1, 1]; video_mask: (B, T) bool, True = real frame.
+        images: (B, 3, H, W) float in [-1, 1] (a one-frame clip without temporal embedding).
+        text_ids: (B, L) int64 WordPiece ids; text_mask: (B, L) bool/0-1, True = token.
+    """
+
+    def __init__(self, config: PerceiverVLConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or PerceiverVLConfig()
+        self.visual_embed = VisualEmbedding(config)
+        self.text_embed = TextEmbedding(config)
+        if config.modality_embedding:
+            self.modality_embed = nn.Embedding(2, config.hidden_size)
+            nn.init.trunc_normal_(self.modality_embed.weight, std=0.02)
+        else:
+            self.modality_embed = None
+        self.encoder = LatentEncoder(config)
+        self.decoder = QueryDecoder(config)
+        self.matching_head = MatchingHead(config)
+        self.mlm_head = MLMHead(config)
+        self.contrastive_head = ContrastiveHead(config)
+        self.qa_head = ClassificationHead(config) if config.num_answers else None
+        self._init_linear_layers()
+        # Counts training forwards; used as the LayerDrop step when the caller gives none.
+        self.layerdrop_counter = 0
+
+    def _init_linear_layers(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------------------------------
+    # Input checking and the input array
+    # ------------------------------------------------------------------------------------------
+    def _check_inputs(
+        self,
+        video: Tensor | None,
+        video_mask: Tensor | None,
+        images: Tensor | None,
+        text_ids: Tensor | None,
+        text_mask: Tensor | None,
+    ) -> _Inputs:
+        cfg = self.config
+        if video is not None and images is not None:
+            raise ValueError(
+                "pass either video= or images=, not both (an image is a 1-frame video)"
+            )
+        if video is None and images is None and text_ids is None:
+            raise ValueError(
+                "no input: pass video= (B, T, 3, H, W), images= (B, 3, H, W) and/or text_ids= (B, L)"
+            )
+        frames, frame_mask, is_video, batch = None, None, False, None
+        if images is not None:
+            if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"images must be (B, 3, H, W), got {_describe(images)}")
+            frames = images.unsqueeze(1)
+        if video is not None:
+            if not isinstance(video, Tensor) or video.dim() != 5 or video.shape[2] != 3:
+                raise ValueError(f"video must be (B, T, 3, H, W), got {_describe(video)}")
+            if video.shape[1] > cfg.max_frames:
+                raise ValueError(
+                    f"video has {video.shape[1]} frames but the temporal table holds "
+                    f"{cfg.max_frames} (config.max_frames); sample at most {cfg.max_frames} frames"
+                )
+            frames, is_video = video, True
+        if frames is not None:
+            name = "video" if is_video else "images"
+            if not frames.is_floating_point():
+                raise ValueError(
+                    f"{name} must be a float tensor normalised to [-1, 1], got dtype {frames.dtype}"
+                )
+            batch = frames.shape[0]
+            if batch == 0 or frames.shape[1] == 0:
+                raise ValueError(f"{name} is empty: got shape {tuple(frames.shape)}")
+            height, width = frames.shape[-2:]
+            p = cfg.patch_size
+            if height % p or width % p or height < p or width < p:
+                raise ValueError(
+                    f"{name} frames are {height}x{width}; both sides must be positive multiples "
+                    f"of patch_size={p} (resize or crop to e.g. {cfg.image_size}x{cfg.image_size})"
+                )
+            if video_mask is not None:
+                if not is_video:
+                    raise ValueError("video_mask was given without video=")
+                if not isinstance(video_mask, Tensor) or tuple(video_mask.shape) != tuple(
+                    frames.shape[:2]
+                ):
+                    raise ValueError(
+                        f"video_mask must be (B, T) = {tuple(frames.shape[:2])} to match video, "
+                        f"got {_describe(video_mask)}"
+                    )
+                frame_mask = video_mask.to(device=frames.device, dtype=torch.bool)
+        elif video_mask is not None:
+            raise ValueError("video_mask was given without video=")
+
+        if text_ids is not None:
+            if not isinstance(text_ids, Tensor) or text_ids.dim() != 2:
+                raise ValueError(f"text_ids must be (B, L), got {_describe(text_ids)}")
+            if text_ids.is_floating_point() or text_ids.dtype == torch.bool:
+                raise ValueError(f"text_ids must be an integer tensor, got dtype {text_ids.dtype}")
+            if text_ids.shape[0] == 0 or text_ids.shape[1] == 0:
+                raise ValueError(f"text_ids is empty: got shape {tuple(text_ids.shape)}")
+            if text_ids.shape[1] > cfg.max_text_length:
+                raise ValueError(
+                    f"text_ids has length {text_ids.shape[1]} but the position table holds "
+                    f"{cfg.max_text_length} (config.max_text_length); truncate the text"
+                )
+            if batch is not None and text_ids.shape[0] != batch:
+                raise ValueError(
+                    f"batch sizes differ: visual input has {batch} samples, text_ids has "
+                    f"{text_ids.shape[0]}"
+                )
+            lo, hi = int(text_ids.min()), int(text_ids.max())
+            if lo < 0 or hi >= cfg.vocab_size:
+                raise ValueError(
+                    f"text_ids values must lie in [0, vocab_size={cfg.vocab_size}), got [{lo}, {hi}]"
+                )
+            batch = text_ids.shape[0]
+            if text_mask is not None:
+                if not isinstance(text_mask, Tensor) or text_mask.shape != text_ids.shape:
+                    raise ValueError(
+                        f"text_mask must have the shape of text_ids {tuple(text_ids.shape)}, "
+                        f"got {_describe(text_mask)}"
+                    )
+                text_mask = text_mask.to(device=text_ids.device, dtype=torch.bool)
+        elif text_mask is not None:
+            raise ValueError("text_mask was given without text_ids=")
+        assert batch is not None
+        return _Inputs(frames, frame_mask, is_video, text_ids, text_mask, batch)
+
+    def _input_array(self, inputs: _Inputs) -> tuple[Tensor, Tensor | None]:
+        """The normalised input array (B, M, D), visual tokens first, and its key mask (B, M)."""
+        parts, masks = [], []
+        any_mask = False
+        if inputs.frames is not None:
+            frames = inputs.frames.to(self.visual_embed.patch_embed.proj.weight.dtype)
+            tokens = self.visual_embed(frames, is_video=inputs.is_video)
+            if self.modality_embed is not None:
+                tokens = tokens + self.modality_embed.weight[0]
+            parts.append(tokens)
+            per_frame = tokens.shape[1] // frames.shape[1]
+            if inputs.frame_mask is not None:
+                masks.append(inputs.frame_mask.repeat_interleave(per_frame, dim=1))
+                any_mask = True
+            else:
+                masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+        if inputs.text_ids is not None:
+            tokens = self.text_embed(inputs.text_ids)
+            if self.modality_embed is not None:
+                tokens = tokens + self.modality_embed.weight[1]
+            parts.append(tokens)
+            if inputs.text_mask is not None:
+                masks.append(inputs.text_mask)
+                any_mask = True
+            else:
+                masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        mask = (masks[0] if len(masks) == 1 else torch.cat(masks, dim=1)) if any_mask else None
+        return self.encoder.input_norm(x), mask
+
+    # ------------------------------------------------------------------------------------------
+    # Cross-attention block selection (inference choice or LayerDrop)
+    # ------------------------------------------------------------------------------------------
+    def select_cross_attention_blocks(
+        self, cross_attention_layers: Any = None, layerdrop_step: int | None = None
+    ) -> tuple[int, ...]:
+        """Which cross-attention blocks run in this call.
+
+        An explicit ``cross_attention_layers`` always wins. Otherwise, in training with
+        ``config.layerdrop > 0`` the LayerDrop decision for ``layerdrop_step`` (default: this
+        model's own counter of training forwards); in evaluation the config's
+        ``inference_cross_attention_blocks`` (None = all blocks). Evaluation is never random.
+        """
+        num_blocks = self.config.num_cross_attention_blocks
+        if cross_attention_layers is not None:
+            return check_cross_attention_blocks(
+                cross_attention_layers, num_blocks, "cross_attention_layers"
+            )
+        if self.training and self.config.layerdrop > 0:
+            if layerdrop_step is None:
+                layerdrop_step = self.layerdrop_counter
+                self.layerdrop_counter += 1
+            return layerdrop_decisions(
+                num_blocks,
+                self.config.layerdrop,
+                seed=self.config.layerdrop_seed,
+                step=layerdrop_step,
+            )
+        default = self.config.inference_cross_attention_blocks
+        return tuple(range(num_blocks)) if default is None else tuple(default)
+
+    # ------------------------------------------------------------------------------------------
+    # Public API
+    # ------------------------------------------------------------------------------------------
+    def encode(
+        self,
+        *,
+        video: Tensor | None = None,
+        video_mask: Tensor | None = None,
+        images: Tensor | None = None,
+        text_ids: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        cross_attention_layers: Any = None,
+        layerdrop_step: int | None = None,
+    ) -> Tensor:
+        """Encode one modality (multi/mixed stream) or both (single stream) -> latents (B, N, D)."""
+        return self._encode(
+            video, video_mask, images, text_ids, text_mask, cross_attention_layers, layerdrop_step
+        )[0]
+
+    def _encode(
+        self, video, video_mask, images, text_ids, text_mask, cross_attention_layers, layerdrop_step
+    ) -> tuple[Tensor, tuple[int, ...], _Inputs]:
+        inputs = self._check_inputs(video, video_mask, images, text_ids, text_mask)
+        blocks = self.select_cross_attention_blocks(cross_attention_layers, layerdrop_step)
+        array, mask = self._input_array(inputs)
+        return self.encoder(array, mask, blocks), blocks, inputs
+
+    def decode(self, queries: Tensor, latents: Tensor, latent_mask: Tensor | None = None) -> Tensor:
+        """queries: (B, Q, D) read latents (B, N', D) -> decoder states (B, Q, D)."""
+        return self.decoder(queries, latents, latent_mask)
+
+    def forward(
+        self,
+        *,
+        video: Tensor | None = None,
+        video_mask: Tensor | None = None,
+        images: Tensor | None = None,
+        text_ids: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        mlm_labels: Tensor | None = None,
+        matching_labels: Tensor | None = None,
+        answer_targets: Tensor | None = None,
+        cross_attention_layers: Any = None,
+        layerdrop_step: int | None = None,
+    ) -> PerceiverVLOutput:
+        """Single-stream forward: joint encoding, one decoder call, the heads, the losses.
+
+        Args:
+            mlm_labels: (B, L) original ids at masked-LM targets, -100 elsewhere; adds the MLM
+                queries to the decoder call and returns ``mlm_logits`` and ``mlm_loss``.
+            matching_labels: (B,) 1 = the pair matches, 0 = it does not (binary cross-entropy).
+            answer_targets: (B, num_answers) VQA soft scores (``qa_loss="bce"``) or (B,) answer
+                indices (``qa_loss="ce"``); needs a model with ``num_answers > 0``.
+            cross_attention_layers: which cross-attention blocks run (indices into the schedule,
+                0 = the first block); None = LayerDrop in training, the config's default otherwise.
+            layerdrop_step: the training step the LayerDrop decision is drawn for (identical on
+                every data-parallel rank); None = the model's own counter.
+        """
+        latents, blocks, inputs = self._encode(
+            video, video_mask, images, text_ids, text_mask, cross_attention_layers, layerdrop_step
+        )
+        batch = inputs.batch_size
+        queries = [self.decoder.matching_queries(batch)]
+        if mlm_labels is not None:
+            if inputs.text_ids is None or mlm_labels.shape != inputs.text_ids.shape:
+                raise ValueError(
+                    "mlm_labels must have the shape of text_ids "
+                    f"{None if inputs.text_ids is None else tuple(inputs.text_ids.shape)}, "
+                    f"got {_describe(mlm_labels)}"
+                )
+            queries.append(self.decoder.mlm_queries(mlm_labels))
+        query_array = queries[0] if len(queries) == 1 else torch.cat(queries, dim=1)
+        states = self.decoder(query_array, latents)
+        out = PerceiverVLOutput(
+            latents=latents, decoder_states=states, cross_attention_blocks=blocks
+        )
+        losses = []
+        has_both = inputs.frames is not None and inputs.text_ids is not None
+        if has_both:
+            out.matching_logits = self.matching_head(states[:, 0])
+            if matching_labels is not None:
+                target = matching_labels.to(out.matching_logits.dtype).reshape(-1)
+                if target.shape[0] != batch:
+                    raise ValueError(
+                        f"matching_labels must be (B,) = ({batch},), got {_describe(matching_labels)}"
+                    )
+                out.matching_loss = F.binary_cross_entropy_with_logits(
+                    out.matching_logits.float(), target.float()
+                )
+                losses.append(out.matching_loss)
+        elif matching_labels is not None:
+            raise ValueError("matching_labels need both a visual input and text_ids")
+        if mlm_labels is not None:
+            out.mlm_logits = self.mlm_head(states[:, 1:])
+            targets = mlm_labels.to(out.mlm_logits.device)
+            if bool((targets != -100).any()):
+                out.mlm_loss = F.cross_entropy(
+                    out.mlm_logits.float().reshape(-1, self.config.vocab_size),
+                    targets.reshape(-1),
+                    ignore_index=-100,
+                )
+            else:  # nothing masked in this batch: a zero that still joins the graph
+                out.mlm_loss = out.mlm_logits.sum() * 0.0
+            losses.append(out.mlm_loss)
+        if self.qa_head is not None:
+            out.answer_logits = self.qa_head(latents)
+            if answer_targets is not None:
+                out.qa_loss = qa_loss(out.answer_logits, answer_targets, self.config.qa_loss)
+                losses.append(out.qa_loss)
+        elif answer_targets is not None:
+            raise ValueError("answer_targets given but the model has no QA head (num_answers=0)")
+        if losses:
+            out.loss = torch.stack([loss.float() for loss in losses]).sum()
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # Retrieval streams (see streams.py)
+    # ------------------------------------------------------------------------------------------
+    def embed(self, latents: Tensor, modality: str) -> Tensor:
+        """Multi-stream embedding of latents (B, N, D) -> unit vectors (B, E)."""
+        return self.contrastive_head(latents, modality)
+
+    def single_stream_logits(self, **inputs: Any) -> Tensor:
+        """Matching logits (B,) for aligned (visual, text) pairs, encoded jointly."""
+        from .streams import single_stream_logits
+
+        return single_stream_logits(self, **inputs)
+
+    def multi_stream_scores(self, visual_latents: Tensor, text_latents: Tensor) -> Tensor:
+        """(num_texts, num_visual) dot products of the multi-stream embeddings."""
+        from .streams import multi_stream_scores
+
+        return multi_stream_scores(self, visual_latents, text_latents)
+
+    def mixed_stream_logits(self, visual_latents: Tensor, text_latents: Tensor) -> Tensor:
+        """Matching logits (B,) for aligned pairs of precomputed latents."""
+        from .streams import mixed_stream_logits
+
+        return mixed_stream_logits(self, visual_latents, text_latents)
+
+    def mixed_stream_scores(
+        self, visual_latents: Tensor, text_latents: Tensor, *, chunk_size: int = 1024
+    ) -> Tensor:
+        """(num_texts, num_visual) mixed-stream matching logits for every pair."""
+        from .streams import mixed_stream_scores
+
+        return mixed_stream_scores(self, visual_latents, text_latents, chunk_size=chunk_size)
+
+    # ------------------------------------------------------------------------------------------
+    # Weights (see weights.py)
+    # ------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` to ``directory`` (atomically)."""
+        from .weights import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, map_location: str = "cpu") -> PerceiverVL:
+        """Load a model written by :meth:`save_pretrained`."""
+        from .weights import load_pretrained
+
+        return load_pretrained(directory, map_location=map_location)
+
+    @classmethod
+    def from_official_checkpoint(
+        cls,
+        path_or_state_dict: str | Path | dict[str, Tensor],
+        num_heads: int | None = None,
+        cross_attention_schedule: tuple[int, ...] | None = None,
+    ) -> PerceiverVL:
+        """Load the authors' released checkpoint (``.ckpt`` or a state dict in its layout)."""
+        from .weights import load_official_checkpoint
+
+        return load_official_checkpoint(
+            path_or_state_dict,
+            num_heads=num_heads,
+            cross_attention_schedule=cross_attention_schedule,
+        )
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def qa_loss(logits: Tensor, targets: Tensor, kind: str) -> Tensor:
+    """VQA soft-score BCE (scaled by the number of answers, as in the VQA literature) or CE."""
+    if kind == "bce":
+        if targets.shape != logits.shape:
+            raise ValueError(
+                f"answer_targets for qa_loss='bce' must be soft scores {tuple(logits.shape)}, "
+                f"got {_describe(targets)}"
+            )
+        return F.binary_cross_entropy_with_logits(logits.float(), targets.float()) * logits.shape[1]
+    if targets.dim() != 1 or targets.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"answer_targets for qa_loss='ce' must be answer indices ({logits.shape[0]},), "
+            f"got {_describe(targets)}"
+        )
+    return F.cross_entropy(logits.float(), targets.long())

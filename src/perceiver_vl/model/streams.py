@@ -1,0 +1,153 @@
+"""The three retrieval architectures (paper §3.5, Fig. 2).
+
+| mode   | encoding                                   | scoring a pair                                  |
+|--------|--------------------------------------------|-------------------------------------------------|
+| single | encoder on concat(visual, text)            | decoder [CLS] -> matching logit                 |
+| multi  | encoder on visual alone and on text alone  | dot product of pooled, projected, unit latents  |
+| mixed  | as multi                                   | decoder [CLS] over concat(z_V, z_T) -> logit    |
+
+Multi and mixed take precomputed latents, so an n x m score matrix costs n + m encodings.
+Score matrices are (num_texts, num_visual), the layout ``retrieval_metrics`` expects.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .modeling import PerceiverVL
+
+
+def _check_latents(model: PerceiverVL, latents: Tensor, name: str) -> None:
+    d = model.config.hidden_size
+    if not isinstance(latents, Tensor) or latents.dim() != 3 or latents.shape[-1] != d:
+        got = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
+        raise ValueError(f"{name} must be latents (B, N, {d}) from model.encode(...), got {got}")
+
+
+def single_stream_logits(model: PerceiverVL, **inputs: Any) -> Tensor:
+    """Joint encoding of aligned (visual, text) pairs -> matching logits (B,)."""
+    out = model(**inputs)
+    if out.matching_logits is None:
+        raise ValueError(
+            "single-stream scoring needs a visual input (video=/images=) and text_ids="
+        )
+    return out.matching_logits
+
+
+def multi_stream_scores(model: PerceiverVL, visual_latents: Tensor, text_latents: Tensor) -> Tensor:
+    """(num_texts, num_visual) cosine similarities of the multi-stream embeddings."""
+    _check_latents(model, visual_latents, "visual_latents")
+    _check_latents(model, text_latents, "text_latents")
+    return model.embed(text_latents, "text") @ model.embed(visual_latents, "visual").T
+
+
+def mixed_stream_logits(model: PerceiverVL, visual_latents: Tensor, text_latents: Tensor) -> Tensor:
+    """Aligned pairs: the decoder [CLS] query reads concat(z_V, z_T) (2N keys) -> logits (B,)."""
+    _check_latents(model, visual_latents, "visual_latents")
+    _check_latents(model, text_latents, "text_latents")
+    if visual_latents.shape[0] != text_latents.shape[0]:
+        raise ValueError(
+            f"aligned pairs need equal batch sizes: visual_latents has {visual_latents.shape[0]}, "
+            f"text_latents {text_latents.shape[0]} (use mixed_stream_scores for all pairs)"
+        )
+    memory = torch.cat([visual_latents, text_latents], dim=1)
+    states = model.decoder(model.decoder.matching_queries(memory.shape[0]), memory)
+    return model.matching_head(states[:, 0])
+
+
+def _attention_summary(model: PerceiverVL, latents: Tensor) -> tuple[Tensor, Tensor]:
+    """Per item: the [CLS] query's attention over its N latents, summarised as the log-sum-exp of
+    the scores (n, heads) and the softmax-weighted values (n, heads, head_dim)."""
+    block = model.decoder.block
+    attn = block.attn
+    n, length, d = latents.shape
+    heads = attn.num_heads
+    head_dim = d // heads
+    query = attn.q(block.norm1(model.decoder.cls_query.to(latents.dtype))).view(heads, head_dim)
+    keys = attn.k(latents).view(n, length, heads, head_dim)
+    values = attn.v(latents).view(n, length, heads, head_dim)
+    scores = torch.einsum("nkhd,hd->nhk", keys, query) * head_dim**-0.5
+    weighted = torch.einsum("nhk,nkhd->nhd", scores.softmax(dim=-1), values)
+    return scores.logsumexp(dim=-1), weighted
+
+
+def mixed_stream_scores(
+    model: PerceiverVL, visual_latents: Tensor, text_latents: Tensor, *, chunk_size: int = 1024
+) -> Tensor:
+    """(num_texts, num_visual) mixed-stream matching logits for every (text, visual) pair.
+
+    The [CLS] query is the same for every pair, so attention over concat(z_V, z_T) splits
+    exactly into a per-visual and a per-text part: with log-sum-exps l_V, l_T and weighted values
+    a_V, a_T, the pair's attention output is ``sigmoid(l_V - l_T) a_V + sigmoid(l_T - l_V) a_T``.
+    Keys and values are projected once per item; each pair costs one output projection, one MLP
+    and the head. This equals :func:`mixed_stream_logits` on every pair (up to rounding).
+    ``chunk_size`` bounds the pairs processed at once (memory ~ chunk_size x D).
+    """
+    _check_latents(model, visual_latents, "visual_latents")
+    _check_latents(model, text_latents, "text_latents")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    block = model.decoder.block
+    n_visual, n_text = visual_latents.shape[0], text_latents.shape[0]
+    d = visual_latents.shape[-1]
+    lse_v, val_v = _attention_summary(model, visual_latents)
+    lse_t, val_t = _attention_summary(model, text_latents)
+    cls = model.decoder.cls_query.to(visual_latents.dtype).view(1, d)
+    base = block.norm1(cls) if block.residual == "normalized" else cls
+    rows_per_chunk = max(1, chunk_size // max(1, n_visual))
+    out = []
+    for start in range(0, n_text, rows_per_chunk):
+        stop = min(n_text, start + rows_per_chunk)
+        w = torch.sigmoid(lse_v[None, :, :] - lse_t[start:stop, None, :])  # (t, v, heads)
+        mixed = w[..., None] * val_v[None] + (1 - w[..., None]) * val_t[start:stop, None]
+        x = base + block.attn.proj(mixed.reshape(stop - start, n_visual, d))
+        x = x + block.mlp(block.norm2(x))
+        out.append(model.matching_head(model.decoder.norm(x)))
+    return torch.cat(out, dim=0)
+
+
+def pairwise_single_stream_scores(
+    model: PerceiverVL,
+    *,
+    text_ids: Tensor,
+    text_mask: Tensor | None,
+    video: Tensor | None = None,
+    video_mask: Tensor | None = None,
+    images: Tensor | None = None,
+    batch_size: int = 64,
+    cross_attention_layers: Any = None,
+) -> Tensor:
+    """(num_texts, num_visual) single-stream logits: every pair goes through the encoder."""
+    visual = video if video is not None else images
+    if visual is None:
+        raise ValueError("pass video= or images=")
+    n_visual, n_text = visual.shape[0], text_ids.shape[0]
+    pairs = torch.cartesian_prod(torch.arange(n_text), torch.arange(n_visual))
+    scores = torch.empty(n_text * n_visual, device=text_ids.device)
+    for start in range(0, pairs.shape[0], batch_size):
+        t_idx, v_idx = pairs[start : start + batch_size].unbind(1)
+        kwargs: dict[str, Any] = {
+            "text_ids": text_ids[t_idx],
+            "text_mask": None if text_mask is None else text_mask[t_idx],
+            "cross_attention_layers": cross_attention_layers,
+        }
+        if video is not None:
+            kwargs["video"] = video[v_idx]
+            kwargs["video_mask"] = None if video_mask is None else video_mask[v_idx]
+        else:
+            kwargs["images"] = images[v_idx]
+        scores[start : start + t_idx.shape[0]] = single_stream_logits(model, **kwargs).float()
+    return scores.view(n_text, n_visual)
+
+
+__all__ = [
+    "mixed_stream_logits",
+    "mixed_stream_scores",
+    "multi_stream_scores",
+    "pairwise_single_stream_scores",
+    "single_stream_logits",
+]

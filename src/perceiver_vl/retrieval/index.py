@@ -1,0 +1,806 @@
+"""The retrieval index: encode each video once, answer text queries by shortlist + re-rank.
+
+Search modes (scores are (text, video) pairs; higher is better):
+
+| mode     | what ranks the videos                                                  | cost per query  |
+|----------|------------------------------------------------------------------------|-----------------|
+| multi    | dot product of the multi-stream embeddings (cosine similarity)        | one mat-vec     |
+| mixed    | the mixed-stream matching logit of every indexed video (exact, slow)  | V decoder calls |
+| rerank   | multi-stream shortlist of ``shortlist`` videos, re-ranked by mixed    | S decoder calls |
+
+``rerank`` with a shortlist covering the whole index is exactly ``mixed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from perceiver_vl.model import PerceiverVL
+
+from . import media, storage
+from .storage import CorruptIndexError, ModelMismatchError
+
+SearchMode = Literal["multi", "mixed", "rerank"]
+SEARCH_MODES: tuple[str, ...] = ("multi", "mixed", "rerank")
+DEFAULT_SHORTLIST = 100
+
+
+# ----------------------------------------------------------------------------------------------
+# Model fingerprint
+# ----------------------------------------------------------------------------------------------
+def weights_sha256(model: PerceiverVL) -> str:
+    """SHA-256 over the model's state dict (names, dtypes, shapes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: PerceiverVL) -> dict[str, Any]:
+    """What identifies a model for an index: its config and a hash of its weights."""
+    return {"config": model.config.to_dict(), "weights_sha256": weights_sha256(model)}
+
+
+def _describe_mismatch(recorded: dict[str, Any], actual: dict[str, Any]) -> str:
+    old, new = recorded.get("config", {}), actual["config"]
+    diffs = [
+        f"{key}: index {old.get(key)!r} vs model {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    if diffs:
+        return "config differs (" + "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "") + ")"
+    return (
+        f"same config, different weights (index {str(recorded.get('weights_sha256'))[:12]}..., "
+        f"model {actual['weights_sha256'][:12]}...)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SearchHit:
+    """One ranked video for one query.
+
+    Attributes:
+        rank: 1 = best.
+        score: the score that ranked the video (mixed-stream logit for ``mixed``/``rerank``,
+            cosine similarity for ``multi``).
+        video: the path as stored in the index (relative to the index's video root when inside it).
+        path: the absolute path of the video file.
+        multi_score: the multi-stream cosine similarity (None in ``mixed`` mode).
+        mixed_score: the mixed-stream matching logit (None in ``multi`` mode).
+        position: the video's position in the index (its row in :attr:`RetrievalIndex.videos`).
+    """
+
+    rank: int
+    score: float
+    video: str
+    path: str
+    multi_score: float | None
+    mixed_score: float | None
+    position: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AddReport:
+    """What one :meth:`RetrievalIndex.add` did."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (video, reason)
+
+    def summary(self) -> str:
+        text = (
+            f"{len(self.added)} added, {len(self.updated)} re-encoded (changed), "
+            f"{len(self.unchanged)} unchanged (skipped), {len(self.failed)} unreadable"
+        )
+        for video, reason in self.failed[:10]:
+            text += f"\n  unreadable: {video}: {reason}"
+        if len(self.failed) > 10:
+            text += f"\n  ... and {len(self.failed) - 10} more"
+        return text
+
+
+@dataclass
+class _Pending:
+    latents: list[np.ndarray] = field(default_factory=list)
+    embeddings: list[np.ndarray] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _file_stamp(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _probe(path: Path) -> dict[str, Any]:
+    """Duration (s) and frame count from the container header; None where unknown."""
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            duration = None
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / 1_000_000
+            return {"duration": duration, "frame_count": int(stream.frames) or None}
+    except Exception:  # noqa: BLE001 - metadata is best effort; decoding errors surface later
+        return {"duration": None, "frame_count": None}
+
+
+def _check_texts(texts: str | Sequence[str]) -> list[str]:
+    items = [texts] if isinstance(texts, str) else list(texts)
+    if not items:
+        raise ValueError("texts is empty: pass a query string or a non-empty list of strings")
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise ValueError(f"query {i} must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(
+                f"query {i} is empty ({text!r}); pass some words, e.g. 'a red circle moves left'"
+            )
+    return items
+
+
+# ----------------------------------------------------------------------------------------------
+# The index
+# ----------------------------------------------------------------------------------------------
+class RetrievalIndex:
+    """A directory of per-video latents + multi-stream embeddings, searched by text.
+
+    Build with :meth:`build`, reopen with :meth:`open`, grow with :meth:`add`, query with
+    :meth:`search`. The index belongs to one model (recorded by fingerprint); opening it with
+    another model raises :class:`ModelMismatchError`.
+
+    Example:
+        >>> index = RetrievalIndex.build("my.index", "runs/model", "data/videos")
+        >>> hits = index.search("a red circle moves left", k=5)
+        >>> [(h.rank, h.video, round(h.score, 2)) for h in hits]
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        model: PerceiverVL,
+        *,
+        tokenizer: media.TextTokenizer | None = None,
+        video_loader: media.VideoLoader | None = None,
+        verify: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.model = model.eval()
+        self._tokenizer = tokenizer
+        self._video_loader = video_loader
+        if backend not in ("auto", "exact", "faiss"):
+            raise ValueError(f"backend must be 'auto', 'exact' or 'faiss', got {backend!r}")
+        self.backend = backend
+        #: The report of the latest :meth:`add` on this object (None before any).
+        self.last_report: AddReport | None = None
+        self._load(verify=verify)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(
+        cls,
+        path: str | Path,
+        model: PerceiverVL | str | Path,
+        videos: str | Path | Sequence[str | Path],
+        *,
+        num_frames: int | None = None,
+        image_size: int | None = None,
+        batch_size: int = 8,
+        shard_size: int = 1024,
+        tokenizer: media.TextTokenizer | None = None,
+        video_loader: media.VideoLoader | None = None,
+        progress: bool = True,
+        verify: bool = True,
+    ) -> RetrievalIndex:
+        """Create the index at ``path`` (or reopen it) and add ``videos``.
+
+        Args:
+            path: the index directory; created when missing. When it already holds an index, that
+                index is opened (the model must match) and only new or changed videos are encoded.
+            model: a :class:`PerceiverVL` or a directory written by ``save_pretrained``; a
+                directory is recorded in the index so that :meth:`open` can reload it.
+            videos: a directory of videos, an annotations file or a list of paths
+                (see :func:`perceiver_vl.retrieval.media.resolve_videos`).
+            num_frames: frames sampled per video; default ``min(8, config.max_frames)``.
+            image_size: frame side; default ``config.image_size``.
+            batch_size: videos encoded per forward pass.
+            shard_size: videos per shard file; each finished shard is committed, so a killed run
+                keeps every complete shard.
+            tokenizer, video_loader: override the data package's defaults (same signatures).
+            progress: show a progress bar.
+            verify: check the SHA-256 of every shard when reopening an existing index.
+        """
+        path = Path(path)
+        model_obj, model_path = _resolve_model(model)
+        if (path / storage.MANIFEST_NAME).exists():
+            index = cls.open(
+                path,
+                model_obj,
+                tokenizer=tokenizer,
+                video_loader=video_loader,
+                verify=verify,
+            )
+        else:
+            if path.exists() and not path.is_dir():
+                raise ValueError(f"index path {str(path)!r} exists and is not a directory")
+            path.mkdir(parents=True, exist_ok=True)
+            if any(p.name != storage.LOCK_NAME for p in path.iterdir()):
+                raise ValueError(
+                    f"index path {str(path)!r} is a non-empty directory without "
+                    f"{storage.MANIFEST_NAME}; choose an empty or new directory for the index"
+                )
+            cfg = model_obj.config
+            frames = num_frames if num_frames is not None else min(8, cfg.max_frames)
+            if not 1 <= frames <= cfg.max_frames:
+                raise ValueError(
+                    f"num_frames={frames} must lie in [1, config.max_frames={cfg.max_frames}]"
+                )
+            size = image_size if image_size is not None else cfg.image_size
+            if size <= 0 or size % cfg.patch_size:
+                raise ValueError(
+                    f"image_size={size} must be a positive multiple of patch_size={cfg.patch_size}"
+                )
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            manifest = {
+                "format": storage.FORMAT_NAME,
+                "version": storage.FORMAT_VERSION,
+                "created": now,
+                "updated": now,
+                "model": {**model_fingerprint(model_obj), "path": model_path},
+                "preprocessing": {
+                    "num_frames": frames,
+                    "image_size": size,
+                    "max_text_length": cfg.max_text_length,
+                    "latents_dtype": "float16",
+                },
+                "root": None,
+                "shards": [],
+                "videos": [],
+            }
+            with storage.writer_lock(path):
+                storage.write_manifest(path, manifest)
+            index = cls(path, manifest, model_obj, tokenizer=tokenizer, video_loader=video_loader)
+        index.add(videos, batch_size=batch_size, shard_size=shard_size, progress=progress)
+        return index
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        model: PerceiverVL | str | Path | None = None,
+        *,
+        tokenizer: media.TextTokenizer | None = None,
+        video_loader: media.VideoLoader | None = None,
+        verify: bool = True,
+        backend: str = "auto",
+    ) -> RetrievalIndex:
+        """Open an index for search (and :meth:`add`).
+
+        Args:
+            path: the index directory.
+            model: the model it was built with (object or directory); default: the directory
+                recorded at build time.
+            verify: check every shard's SHA-256 against the manifest (reads every byte once).
+            backend: shortlist search: ``"faiss"`` (needs faiss), ``"exact"`` (torch) or
+                ``"auto"`` (faiss when importable).
+
+        Raises:
+            FileNotFoundError: the index, its manifest, a shard or the recorded model is missing.
+            CorruptIndexError: a file is unreadable or fails its checksum.
+            ModelMismatchError: ``model`` is not the model the index was built with.
+        """
+        path = Path(path)
+        manifest = storage.read_manifest(path)
+        if model is None:
+            recorded = manifest["model"].get("path")
+            if not recorded:
+                raise ValueError(
+                    f"index {str(path)!r} was built from an in-memory model and records no model "
+                    "directory; pass the model (RetrievalIndex.open(path, model) or --model DIR)"
+                )
+            if not Path(recorded).is_dir():
+                raise FileNotFoundError(
+                    f"the model directory recorded in index {str(path)!r} ({recorded!r}) no longer "
+                    "exists; pass the model explicitly (--model DIR)"
+                )
+            model = recorded
+        model_obj, _ = _resolve_model(model)
+        actual = model_fingerprint(model_obj)
+        if actual["weights_sha256"] != manifest["model"].get("weights_sha256") or actual[
+            "config"
+        ] != manifest["model"].get("config"):
+            raise ModelMismatchError(
+                f"the model does not match index {str(path)!r}: "
+                f"{_describe_mismatch(manifest['model'], actual)}. Search with the model the index "
+                f"was built with (recorded: {manifest['model'].get('path')!r}), or build a new "
+                "index for this model with `perceiver-vl index --model DIR --videos ... --out NEW`"
+            )
+        return cls(
+            path,
+            manifest,
+            model_obj,
+            tokenizer=tokenizer,
+            video_loader=video_loader,
+            verify=verify,
+            backend=backend,
+        )
+
+    # ------------------------------------------------------------------ loading
+    def _load(self, verify: bool) -> None:
+        """Map every shard and gather the live rows' embeddings (in video order)."""
+        self._shards: dict[str, storage.Shard] = {}
+        cfg = self.model.config
+        for info in self.manifest["shards"]:
+            name = info["file"]
+            file = self.path / name
+            if not file.is_file():
+                raise FileNotFoundError(
+                    f"shard {str(file)!r} listed in the manifest is missing; the index is "
+                    "incomplete. Rebuild it (or restore the file from a backup)"
+                )
+            size = file.stat().st_size
+            if size != info["bytes"]:
+                raise CorruptIndexError(
+                    f"shard {str(file)!r} has {size} bytes, the manifest records {info['bytes']}; "
+                    "the file is truncated or was replaced. Rebuild the index"
+                )
+            if verify and storage.sha256_file(file) != info["sha256"]:
+                raise CorruptIndexError(
+                    f"shard {str(file)!r} fails its checksum (SHA-256 differs from the manifest); "
+                    "the file is corrupted. Rebuild the index (or restore the file)"
+                )
+            shard = storage.open_shard(file)
+            n_lat, d = shard.latents.shape[1:]
+            if (n_lat, d) != (cfg.num_latents, cfg.hidden_size) or shard.embeddings.shape[1] != (
+                cfg.contrastive_dim
+            ):
+                raise CorruptIndexError(
+                    f"shard {str(file)!r} holds latents of shape (n, {n_lat}, {d}) and embeddings "
+                    f"of width {shard.embeddings.shape[1]}, the model makes "
+                    f"(n, {cfg.num_latents}, {cfg.hidden_size}) and {cfg.contrastive_dim}"
+                )
+            self._shards[name] = shard
+        videos = self.manifest["videos"]
+        self._by_video = {entry["video"]: i for i, entry in enumerate(videos)}
+        self._rows: list[tuple[str, int]] = []
+        for entry in videos:
+            shard = self._shards.get(entry["shard"])
+            if shard is None or not 0 <= entry["row"] < shard.latents.shape[0]:
+                raise CorruptIndexError(
+                    f"manifest entry {entry['video']!r} points at {entry['shard']!r} row "
+                    f"{entry['row']}, which does not exist; the index is corrupted"
+                )
+            self._rows.append((entry["shard"], entry["row"]))
+        if videos:
+            self._embeddings = torch.from_numpy(self._gather("embeddings", range(len(videos))))
+        else:
+            self._embeddings = torch.zeros(0, cfg.contrastive_dim)
+        self._faiss_index = None
+
+    def _gather(self, field_name: str, positions: Sequence[int] | range) -> np.ndarray:
+        """Rows ``positions`` of ``latents`` or ``embeddings`` (a copy, in the order given)."""
+        positions = list(positions)
+        first = next(iter(self._shards.values()))
+        template = getattr(first, field_name)
+        out = np.empty((len(positions), *template.shape[1:]), dtype=template.dtype)
+        by_shard: dict[str, tuple[list[int], list[int]]] = {}
+        for out_row, pos in enumerate(positions):
+            shard, row = self._rows[pos]
+            dst, src = by_shard.setdefault(shard, ([], []))
+            dst.append(out_row)
+            src.append(row)
+        for shard, (dst, src) in by_shard.items():
+            out[dst] = getattr(self._shards[shard], field_name)[src]
+        return out
+
+    # ------------------------------------------------------------------ introspection
+    def __len__(self) -> int:
+        return len(self.manifest["videos"])
+
+    @property
+    def videos(self) -> list[dict[str, Any]]:
+        """The manifest entries, one per indexed video, in index order."""
+        return self.manifest["videos"]
+
+    @property
+    def root(self) -> Path | None:
+        """The directory stored video paths are relative to."""
+        root = self.manifest.get("root")
+        return Path(root) if root else None
+
+    def video_path(self, position: int) -> Path:
+        """The absolute path of the video at ``position``."""
+        name = Path(self.manifest["videos"][position]["video"])
+        return name if name.is_absolute() or self.root is None else self.root / name
+
+    def latents(self, positions: Sequence[int] | None = None) -> Tensor:
+        """Stored latents (n, N, D) as float32 (all videos when ``positions`` is None)."""
+        positions = range(len(self)) if positions is None else positions
+        if len(self) == 0:
+            cfg = self.model.config
+            return torch.zeros(0, cfg.num_latents, cfg.hidden_size)
+        return torch.from_numpy(self._gather("latents", positions)).float()
+
+    @property
+    def embeddings(self) -> Tensor:
+        """Multi-stream embeddings (V, E) float32 of every video, in index order."""
+        return self._embeddings
+
+    # ------------------------------------------------------------------ encoding
+    @property
+    def tokenizer(self) -> media.TextTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = media.default_tokenizer(
+                self.manifest["preprocessing"]["max_text_length"]
+            )
+        return self._tokenizer
+
+    @property
+    def video_loader(self) -> media.VideoLoader:
+        if self._video_loader is None:
+            self._video_loader = media.default_video_loader()
+        return self._video_loader
+
+    @torch.no_grad()
+    def encode_texts(self, texts: str | Sequence[str]) -> Tensor:
+        """Text latents (Q, N, D) float32 for queries (one encoder pass)."""
+        items = _check_texts(texts)
+        ids, mask = self.tokenizer(items)
+        limit = self.model.config.max_text_length
+        if ids.shape[1] > limit:
+            ids, mask = ids[:, :limit], mask[:, :limit]
+        return self.model.encode(text_ids=ids, text_mask=mask).float()
+
+    @torch.no_grad()
+    def _encode_videos(self, videos: list[Tensor], masks: list[Tensor]) -> tuple[Tensor, Tensor]:
+        video = torch.stack(videos).float()
+        mask = torch.stack(masks).bool()
+        latents = self.model.encode(video=video, video_mask=mask).float()
+        return latents, self.model.embed(latents, "visual").float()
+
+    # ------------------------------------------------------------------ adding
+    def add(
+        self,
+        videos: str | Path | Sequence[str | Path],
+        *,
+        batch_size: int = 8,
+        shard_size: int = 1024,
+        progress: bool = True,
+    ) -> AddReport:
+        """Encode and add the videos not yet indexed (unchanged ones are skipped).
+
+        A video is unchanged when its size and mtime, or else its SHA-256, match the index.
+        A changed video is re-encoded and its entry replaced. Unreadable videos are skipped and
+        listed in the report. Every ``shard_size`` videos a shard is written and the manifest
+        replaced (atomically); a killed run leaves the last committed index valid.
+        """
+        if batch_size <= 0 or shard_size <= 0:
+            raise ValueError(
+                f"batch_size={batch_size} and shard_size={shard_size} must be positive"
+            )
+        source = media.resolve_videos(videos)
+        report = AddReport()
+        with storage.writer_lock(self.path):
+            # Another writer may have committed since this index was opened.
+            self.manifest = storage.read_manifest(self.path)
+            if self.manifest.get("root") is None:
+                self.manifest["root"] = str(source.root)
+            root = Path(self.manifest["root"])
+            known = {entry["video"]: entry for entry in self.manifest["videos"]}
+            todo: list[tuple[Path, str, dict[str, Any]]] = []
+            for file in source.paths:
+                name = _stored_name(file, root)
+                if not file.is_file():
+                    report.failed.append((name, "file not found"))
+                    continue
+                stamp = _file_stamp(file)
+                old = known.get(name)
+                if old is not None:
+                    if (old["size"], old["mtime_ns"]) == (stamp["size"], stamp["mtime_ns"]):
+                        report.unchanged.append(name)
+                        continue
+                    digest = storage.sha256_file(file)
+                    if digest == old.get("sha256"):
+                        old.update(stamp)  # touched, not changed: keep the encoding
+                        report.unchanged.append(name)
+                        continue
+                    stamp["sha256"] = digest
+                todo.append((file, name, stamp))
+            self._encode_and_commit(todo, source, known, report, batch_size, shard_size, progress)
+            if not todo and report.unchanged:
+                self._commit(None)  # refreshed stamps of touched files
+        self._load(verify=False)
+        self.last_report = report
+        return report
+
+    def _encode_and_commit(
+        self,
+        todo: list[tuple[Path, str, dict[str, Any]]],
+        source: media.VideoSource,
+        known: dict[str, dict[str, Any]],
+        report: AddReport,
+        batch_size: int,
+        shard_size: int,
+        progress: bool,
+    ) -> None:
+        if not todo:
+            return
+        from tqdm.auto import tqdm
+
+        pre = self.manifest["preprocessing"]
+        frames, size = pre["num_frames"], pre["image_size"]
+        loader = self.video_loader
+        errors = media.media_errors()
+        pending = _Pending()
+        batch: list[tuple[Tensor, Tensor, dict[str, Any]]] = []
+
+        def flush_batch() -> None:
+            if not batch:
+                return
+            latents, embeddings = self._encode_videos([b[0] for b in batch], [b[1] for b in batch])
+            pending.latents.append(latents.half().numpy())
+            pending.embeddings.append(embeddings.numpy())
+            pending.entries.extend(b[2] for b in batch)
+            batch.clear()
+
+        bar = tqdm(todo, desc="indexing videos", unit="video", disable=not progress)
+        for file, name, stamp in bar:
+            try:
+                video, mask = loader(file, frames, size)
+            except errors as err:
+                report.failed.append((name, f"{type(err).__name__}: {err}"))
+                continue
+            if video.dim() != 4 or mask.dim() != 1 or mask.shape[0] != video.shape[0]:
+                raise ValueError(
+                    f"video_loader returned video {tuple(video.shape)} and mask "
+                    f"{tuple(mask.shape)} for {str(file)!r}; expected (T, 3, H, W) and (T,)"
+                )
+            entry = {
+                "video": name,
+                **stamp,
+                "sha256": stamp.get("sha256") or storage.sha256_file(file),
+                "frames": int(mask.sum()),
+                **_probe(file),
+                "captions": source.captions.get(file, []),
+            }
+            (report.updated if name in known else report.added).append(name)
+            batch.append((video, mask, entry))
+            if len(batch) >= batch_size:
+                flush_batch()
+            if len(pending) + len(batch) >= shard_size:
+                flush_batch()
+                self._commit(pending)
+                pending = _Pending()
+        flush_batch()
+        if len(pending):
+            self._commit(pending)
+        bar.close()
+
+    def _commit(self, pending: _Pending | None) -> None:
+        """Write ``pending`` as a new shard, then replace the manifest; drop unreferenced shards."""
+        manifest = self.manifest
+        if pending is not None and len(pending):
+            latents = np.concatenate(pending.latents)
+            embeddings = np.concatenate(pending.embeddings)
+            name = (
+                f"{storage.SHARD_PREFIX}{len(manifest['shards']):06d}-{secrets.token_hex(4)}"
+                f"{storage.SHARD_SUFFIX}"
+            )
+            data = storage.shard_bytes(latents, embeddings, {"format": storage.FORMAT_NAME})
+            storage.atomic_write(self.path / name, lambda handle: handle.write(data))
+            manifest["shards"].append(
+                {
+                    "file": name,
+                    "count": int(latents.shape[0]),
+                    "bytes": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            )
+            positions = {entry["video"]: i for i, entry in enumerate(manifest["videos"])}
+            for row, entry in enumerate(pending.entries):
+                entry = {**entry, "shard": name, "row": row}
+                if entry["video"] in positions:
+                    manifest["videos"][positions[entry["video"]]] = entry
+                else:
+                    positions[entry["video"]] = len(manifest["videos"])
+                    manifest["videos"].append(entry)
+        live = {entry["shard"] for entry in manifest["videos"]}
+        manifest["shards"] = [s for s in manifest["shards"] if s["file"] in live]
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        storage.write_manifest(self.path, manifest)
+        # Only now, with the new manifest durable, may unreferenced shards (replaced rows, or
+        # leftovers of a killed run) go.
+        keep = {s["file"] for s in manifest["shards"]}
+        for file in self.path.iterdir():
+            is_shard = file.name.startswith(storage.SHARD_PREFIX) and file.name.endswith(
+                storage.SHARD_SUFFIX
+            )
+            leftover_tmp = file.name.startswith(".") and file.name.endswith(".tmp")
+            if (is_shard and file.name not in keep) or leftover_tmp:
+                file.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ search
+    @overload
+    def search(
+        self, texts: str, k: int = 10, mode: SearchMode = "rerank", *, shortlist: int = ...
+    ) -> list[SearchHit]: ...
+
+    @overload
+    def search(
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        mode: SearchMode = "rerank",
+        *,
+        shortlist: int = ...,
+    ) -> list[list[SearchHit]]: ...
+
+    def search(
+        self,
+        texts: str | Sequence[str],
+        k: int = 10,
+        mode: SearchMode = "rerank",
+        *,
+        shortlist: int = DEFAULT_SHORTLIST,
+    ) -> list[SearchHit] | list[list[SearchHit]]:
+        """Rank the indexed videos for each text query.
+
+        Args:
+            texts: one query (returns a list of hits) or several (returns a list per query).
+            k: how many videos to return per query (fewer when the index is smaller).
+            mode: ``"multi"`` (embedding dot product), ``"mixed"`` (mixed-stream logit of every
+                video: exact and slow) or ``"rerank"`` (multi-stream shortlist, mixed re-rank).
+            shortlist: candidates re-ranked in ``"rerank"`` mode (at least ``k`` are taken).
+        """
+        single = isinstance(texts, str)
+        items = _check_texts(texts)
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+        if not isinstance(k, int) or k <= 0:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if not isinstance(shortlist, int) or shortlist <= 0:
+            raise ValueError(f"shortlist must be a positive integer, got {shortlist!r}")
+        if len(self) == 0:
+            return [] if single else [[] for _ in items]
+        text_latents = self.encode_texts(items)
+        results = [
+            self._search_one(text_latents[i : i + 1], k, mode, shortlist) for i in range(len(items))
+        ]
+        return results[0] if single else results
+
+    @torch.no_grad()
+    def _search_one(
+        self, text_latents: Tensor, k: int, mode: str, shortlist: int
+    ) -> list[SearchHit]:
+        total = len(self)
+        k = min(k, total)
+        text_embedding = self.model.embed(text_latents, "text").float()  # (1, E)
+        multi: Tensor | None = None
+        if mode == "mixed":
+            mixed = self.mixed_scores_all(text_latents)
+            scores, order = mixed.topk(k)
+            positions = order.tolist()
+            mixed_scores: list[float | None] = scores.tolist()
+            multi_scores: list[float | None] = [None] * k
+            ranked = mixed_scores
+        else:
+            width = k if mode == "multi" else min(total, max(k, shortlist))
+            multi, candidates = self.shortlist(text_embedding, width)
+            positions = candidates.tolist()
+            multi_scores = multi.tolist()
+            if mode == "multi":
+                mixed_scores = [None] * k
+                ranked = multi_scores
+            else:
+                latents = self.latents(positions)
+                mixed = self.model.mixed_stream_scores(latents, text_latents)[0].float()
+                scores, order = mixed.topk(k)
+                positions = [positions[i] for i in order.tolist()]
+                multi_scores = [multi_scores[i] for i in order.tolist()]
+                mixed_scores = scores.tolist()
+                ranked = mixed_scores
+        return [
+            SearchHit(
+                rank=rank + 1,
+                score=float(ranked[rank]),  # type: ignore[arg-type]
+                video=self.manifest["videos"][pos]["video"],
+                path=str(self.video_path(pos)),
+                multi_score=multi_scores[rank],
+                mixed_score=mixed_scores[rank],
+                position=pos,
+            )
+            for rank, pos in enumerate(positions[:k])
+        ]
+
+    def shortlist(self, text_embedding: Tensor, width: int) -> tuple[Tensor, Tensor]:
+        """Top ``width`` videos by multi-stream score for one query embedding (1, E) ->
+        (scores (width,), positions (width,)), best first."""
+        width = min(width, len(self))
+        if self._use_faiss():
+            if self._faiss_index is None:
+                import faiss
+
+                self._faiss_index = faiss.IndexFlatIP(self._embeddings.shape[1])
+                self._faiss_index.add(np.ascontiguousarray(self._embeddings.numpy()))
+            scores, ids = self._faiss_index.search(
+                np.ascontiguousarray(text_embedding.numpy(), dtype=np.float32), width
+            )
+            return torch.from_numpy(scores[0]), torch.from_numpy(ids[0]).long()
+        scores = self._embeddings @ text_embedding[0]
+        return scores.topk(width)
+
+    def _use_faiss(self) -> bool:
+        if self.backend == "exact":
+            return False
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            if self.backend == "faiss":
+                raise ImportError(
+                    "backend='faiss' needs the faiss package (pip install faiss-cpu); "
+                    "or use backend='exact'"
+                ) from None
+            return False
+        return True
+
+    @torch.no_grad()
+    def mixed_scores_all(self, text_latents: Tensor, chunk: int = 1024) -> Tensor:
+        """Mixed-stream logits (V,) of every indexed video for one query's latents (1, N, D)."""
+        out = []
+        for start in range(0, len(self), chunk):
+            positions = range(start, min(len(self), start + chunk))
+            out.append(self.model.mixed_stream_scores(self.latents(positions), text_latents)[0])
+        return torch.cat(out).float()
+
+
+def _resolve_model(model: PerceiverVL | str | Path) -> tuple[PerceiverVL, str | None]:
+    if isinstance(model, PerceiverVL):
+        return model.eval(), None
+    if isinstance(model, (str, Path)):
+        directory = Path(model).expanduser()
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"model={str(model)!r} is not a directory; pass a directory written by "
+                "save_pretrained (config.json + model.safetensors)"
+            )
+        return PerceiverVL.from_pretrained(directory).eval(), str(directory.resolve())
+    raise ValueError(
+        f"model must be a PerceiverVL or a model directory, got {type(model).__name__}"
+    )
+
+
+def _stored_name(file: Path, root: Path) -> str:
+    try:
+        return file.relative_to(root).as_posix()
+    except ValueError:
+        return os.fspath(file)

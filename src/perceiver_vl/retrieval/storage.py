@@ -1,0 +1,256 @@
+"""The on-disk format of a retrieval index (see ``docs/retrieval.md``).
+
+An index is a directory::
+
+    INDEX/
+      manifest.json               # what is in the index; replaced last, atomically
+      shard-000000-<id>.safetensors
+      shard-000001-<id>.safetensors
+      ...
+
+Each shard is an immutable safetensors file holding, for ``n`` videos,
+
+- ``latents``: (n, N, D) float16, the encoder latents of each video;
+- ``embeddings``: (n, E) float32, the unit multi-stream embeddings ``model.embed(latents, "visual")``
+  (computed from the float32 latents before rounding).
+
+The manifest (JSON) names the format and version, the model fingerprint, the preprocessing, the
+shards with their byte size and SHA-256, and one entry per video pointing at its shard row.
+Writers only ever add new shard files and then replace the manifest, so a reader (or a killed
+writer) always sees a complete, consistent index.
+
+Nothing here unpickles: shards are parsed as safetensors (an 8-byte header length, a JSON header,
+raw little-endian tensor data) and memory-mapped with numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_NAME = "perceiver-vl-retrieval-index"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".lock"
+SHARD_PREFIX = "shard-"
+SHARD_SUFFIX = ".safetensors"
+
+_DTYPES = {"F16": np.float16, "F32": np.float32}
+
+
+class RetrievalIndexError(ValueError):
+    """Base class of the errors about an index's files (a ``ValueError``)."""
+
+
+class CorruptIndexError(RetrievalIndexError):
+    """An index file is unreadable, truncated or fails its checksum."""
+
+
+class ModelMismatchError(RetrievalIndexError):
+    """The model given does not match the model the index was built with."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write ``path`` through a temporary file in the same directory: write, fsync, rename.
+
+    ``write`` receives a binary file object. A crash leaves either the old file or the new one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def writer_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``directory`` while adding to an index."""
+    path = Path(directory) / LOCK_NAME
+    handle = open(path, "a+b")  # noqa: SIM115 - held for the duration of the block
+    try:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: single writer assumed, as documented
+            yield
+            return
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise RuntimeError(
+                f"index {str(directory)!r} is being written by another process (lock {LOCK_NAME}); "
+                "wait for it to finish, or remove the lock file if no writer is running"
+            ) from err
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Shards
+# ----------------------------------------------------------------------------------------------
+def shard_bytes(latents: np.ndarray, embeddings: np.ndarray, metadata: dict[str, str]) -> bytes:
+    """Serialise one shard (safetensors) to bytes."""
+    from safetensors.numpy import save
+
+    return save(
+        {
+            "latents": np.ascontiguousarray(latents, dtype=np.float16),
+            "embeddings": np.ascontiguousarray(embeddings, dtype=np.float32),
+        },
+        metadata=metadata,
+    )
+
+
+@dataclass
+class Shard:
+    """A read-only, memory-mapped shard: ``latents`` (n, N, D) float16, ``embeddings`` (n, E)."""
+
+    path: Path
+    latents: np.ndarray
+    embeddings: np.ndarray
+    metadata: dict[str, str]
+
+
+def _read_header(path: Path, file_size: int) -> tuple[dict[str, Any], int]:
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) != 8:
+            raise CorruptIndexError(f"shard {str(path)!r} is truncated ({file_size} bytes)")
+        (length,) = struct.unpack("<Q", raw)
+        if length <= 0 or 8 + length > file_size or length > 100_000_000:
+            raise CorruptIndexError(
+                f"shard {str(path)!r} has an invalid safetensors header length {length}"
+            )
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CorruptIndexError(f"shard {str(path)!r} has an unreadable header: {err}") from err
+    if not isinstance(header, dict):
+        raise CorruptIndexError(f"shard {str(path)!r} has an invalid safetensors header")
+    return header, 8 + length
+
+
+def open_shard(path: Path) -> Shard:
+    """Memory-map a shard written by :func:`shard_bytes`, checking its structure."""
+    path = Path(path)
+    file_size = path.stat().st_size
+    header, data_start = _read_header(path, file_size)
+    arrays: dict[str, np.ndarray] = {}
+    for name in ("latents", "embeddings"):
+        info = header.get(name)
+        if not isinstance(info, dict) or info.get("dtype") not in _DTYPES:
+            raise CorruptIndexError(f"shard {str(path)!r} lacks a float tensor {name!r}")
+        dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
+        shape = tuple(int(s) for s in info["shape"])
+        begin, end = (int(x) for x in info["data_offsets"])
+        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if end - begin != expected or data_start + end > file_size:
+            raise CorruptIndexError(
+                f"shard {str(path)!r}: tensor {name!r} of shape {shape} does not fit the file "
+                f"({file_size} bytes); the file is truncated or corrupted"
+            )
+        if expected == 0:
+            arrays[name] = np.zeros(shape, dtype=dtype)
+        else:
+            arrays[name] = np.memmap(
+                path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape
+            )
+    latents, embeddings = arrays["latents"], arrays["embeddings"]
+    if latents.ndim != 3 or embeddings.ndim != 2 or latents.shape[0] != embeddings.shape[0]:
+        raise CorruptIndexError(
+            f"shard {str(path)!r} holds latents {latents.shape} and embeddings "
+            f"{embeddings.shape}; expected (n, N, D) and (n, E)"
+        )
+    metadata = header.get("__metadata__") or {}
+    return Shard(path, latents, embeddings, dict(metadata))
+
+
+# ----------------------------------------------------------------------------------------------
+# Manifest
+# ----------------------------------------------------------------------------------------------
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Read and structurally check ``directory/manifest.json``."""
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    if not directory.exists():
+        raise FileNotFoundError(
+            f"index {str(directory)!r} does not exist; build one with "
+            "`perceiver-vl index --model MODEL_DIR --videos VIDEOS --out INDEX`"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} not found: {str(directory)!r} is not a perceiver-vl index (or its "
+            "manifest was deleted); rebuild it with `perceiver-vl index ... --out INDEX`"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptIndexError(
+            f"{str(path)!r} is not valid JSON ({err}); the index is corrupted"
+        ) from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise CorruptIndexError(
+            f"{str(path)!r} is not a perceiver-vl retrieval index manifest "
+            f"(format={manifest.get('format') if isinstance(manifest, dict) else None!r})"
+        )
+    version = manifest.get("version")
+    if version != FORMAT_VERSION:
+        raise CorruptIndexError(
+            f"{str(path)!r} has format version {version!r}; this perceiver-vl reads version "
+            f"{FORMAT_VERSION}. Rebuild the index with this version."
+        )
+    for key in ("model", "preprocessing", "shards", "videos"):
+        if key not in manifest:
+            raise CorruptIndexError(
+                f"{str(path)!r} lacks the field {key!r}; the index is corrupted"
+            )
+    return manifest
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Atomically replace ``directory/manifest.json``."""
+    data = json.dumps(manifest, indent=1, sort_keys=False).encode("utf-8") + b"\n"
+    atomic_write(Path(directory) / MANIFEST_NAME, lambda handle: handle.write(data))

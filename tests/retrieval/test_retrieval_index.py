@@ -320,3 +320,21 @@ def test_faiss_backend_requires_faiss(built):
         exact = RetrievalIndex.open(built.path, backend="exact").search("a red square", k=5)
         fast = RetrievalIndex.open(built.path, backend="faiss").search("a red square", k=5)
         assert [h.position for h in exact] == [h.position for h in fast]
+
+
+def test_stored_attention_summaries_give_the_mixed_stream_exactly(built, collection):
+    _, records = collection
+    texts = built.encode_texts([r["caption"] for r in records])
+    from_summaries = built.mixed_scores(texts)
+    from_latents = built.mixed_scores(texts, from_latents=True)
+    pairwise = torch.stack(
+        [
+            built.model.mixed_stream_logits(built.latents([v]), texts[t : t + 1])[0]
+            for t in range(len(records))
+            for v in range(len(built))
+        ]
+    ).view(len(records), len(built))
+    torch.testing.assert_close(from_summaries, from_latents, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(from_summaries, pairwise, atol=1e-5, rtol=1e-5)
+    subset = built.mixed_scores(texts[:2], [5, 0, 3])
+    torch.testing.assert_close(subset, from_summaries[:2, [5, 0, 3]])

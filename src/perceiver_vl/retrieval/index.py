@@ -29,6 +29,7 @@ from torch import Tensor
 from perceiver_vl.model import PerceiverVL
 
 from . import media, storage
+from .rerank import attention_summary, mixed_scores_from_summaries
 from .storage import CorruptIndexError, ModelMismatchError
 
 SearchMode = Literal["multi", "mixed", "rerank"]
@@ -122,8 +123,9 @@ class AddReport:
 
 @dataclass
 class _Pending:
-    latents: list[np.ndarray] = field(default_factory=list)
-    embeddings: list[np.ndarray] = field(default_factory=list)
+    arrays: dict[str, list[np.ndarray]] = field(
+        default_factory=lambda: {name: [] for name in storage.SHARD_TENSORS}
+    )
     entries: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -380,15 +382,19 @@ class RetrievalIndex:
                     "the file is corrupted. Rebuild the index (or restore the file)"
                 )
             shard = storage.open_shard(file)
-            n_lat, d = shard.latents.shape[1:]
-            if (n_lat, d) != (cfg.num_latents, cfg.hidden_size) or shard.embeddings.shape[1] != (
-                cfg.contrastive_dim
-            ):
-                raise CorruptIndexError(
-                    f"shard {str(file)!r} holds latents of shape (n, {n_lat}, {d}) and embeddings "
-                    f"of width {shard.embeddings.shape[1]}, the model makes "
-                    f"(n, {cfg.num_latents}, {cfg.hidden_size}) and {cfg.contrastive_dim}"
-                )
+            expected = {
+                "latents": (cfg.num_latents, cfg.hidden_size),
+                "embeddings": (cfg.contrastive_dim,),
+                "attn_lse": (cfg.num_heads,),
+                "attn_values": (cfg.num_heads, cfg.hidden_size // cfg.num_heads),
+            }
+            for tensor, shape in expected.items():
+                got = getattr(shard, tensor).shape[1:]
+                if tuple(got) != shape:
+                    raise CorruptIndexError(
+                        f"shard {str(file)!r} holds {tensor!r} rows of shape {tuple(got)}, the "
+                        f"model makes {shape}; the shard does not belong to this index"
+                    )
             self._shards[name] = shard
         videos = self.manifest["videos"]
         self._by_video = {entry["video"]: i for i, entry in enumerate(videos)}
@@ -482,11 +488,21 @@ class RetrievalIndex:
         return self.model.encode(text_ids=ids, text_mask=mask).float()
 
     @torch.no_grad()
-    def _encode_videos(self, videos: list[Tensor], masks: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def _encode_videos(self, videos: list[Tensor], masks: list[Tensor]) -> dict[str, np.ndarray]:
+        """The shard arrays of a batch of decoded videos."""
         video = torch.stack(videos).float()
         mask = torch.stack(masks).bool()
         latents = self.model.encode(video=video, video_mask=mask).float()
-        return latents, self.model.embed(latents, "visual").float()
+        stored = latents.half()
+        # The summary is taken of the stored (rounded) latents so that a re-rank equals the mixed
+        # stream over exactly what the index holds.
+        lse, values = attention_summary(self.model, stored.float())
+        return {
+            "latents": stored.numpy(),
+            "embeddings": self.model.embed(latents, "visual").float().numpy(),
+            "attn_lse": lse.numpy(),
+            "attn_values": values.numpy(),
+        }
 
     # ------------------------------------------------------------------ adding
     def add(
@@ -567,9 +583,9 @@ class RetrievalIndex:
         def flush_batch() -> None:
             if not batch:
                 return
-            latents, embeddings = self._encode_videos([b[0] for b in batch], [b[1] for b in batch])
-            pending.latents.append(latents.half().numpy())
-            pending.embeddings.append(embeddings.numpy())
+            arrays = self._encode_videos([b[0] for b in batch], [b[1] for b in batch])
+            for name, array in arrays.items():
+                pending.arrays[name].append(array)
             pending.entries.extend(b[2] for b in batch)
             batch.clear()
 
@@ -610,18 +626,18 @@ class RetrievalIndex:
         """Write ``pending`` as a new shard, then replace the manifest; drop unreferenced shards."""
         manifest = self.manifest
         if pending is not None and len(pending):
-            latents = np.concatenate(pending.latents)
-            embeddings = np.concatenate(pending.embeddings)
+            arrays = {name: np.concatenate(parts) for name, parts in pending.arrays.items()}
+            count = int(arrays["latents"].shape[0])
             name = (
                 f"{storage.SHARD_PREFIX}{len(manifest['shards']):06d}-{secrets.token_hex(4)}"
                 f"{storage.SHARD_SUFFIX}"
             )
-            data = storage.shard_bytes(latents, embeddings, {"format": storage.FORMAT_NAME})
+            data = storage.shard_bytes(arrays, {"format": storage.FORMAT_NAME})
             storage.atomic_write(self.path / name, lambda handle: handle.write(data))
             manifest["shards"].append(
                 {
                     "file": name,
-                    "count": int(latents.shape[0]),
+                    "count": count,
                     "bytes": len(data),
                     "sha256": hashlib.sha256(data).hexdigest(),
                 }
@@ -707,7 +723,7 @@ class RetrievalIndex:
         text_embedding = self.model.embed(text_latents, "text").float()  # (1, E)
         multi: Tensor | None = None
         if mode == "mixed":
-            mixed = self.mixed_scores_all(text_latents)
+            mixed = self.mixed_scores(text_latents)[0]
             scores, order = mixed.topk(k)
             positions = order.tolist()
             mixed_scores: list[float | None] = scores.tolist()
@@ -722,8 +738,7 @@ class RetrievalIndex:
                 mixed_scores = [None] * k
                 ranked = multi_scores
             else:
-                latents = self.latents(positions)
-                mixed = self.model.mixed_stream_scores(latents, text_latents)[0].float()
+                mixed = self.mixed_scores(text_latents, positions)[0]
                 scores, order = mixed.topk(k)
                 positions = [positions[i] for i in order.tolist()]
                 multi_scores = [multi_scores[i] for i in order.tolist()]
@@ -774,13 +789,40 @@ class RetrievalIndex:
         return True
 
     @torch.no_grad()
-    def mixed_scores_all(self, text_latents: Tensor, chunk: int = 1024) -> Tensor:
-        """Mixed-stream logits (V,) of every indexed video for one query's latents (1, N, D)."""
+    def mixed_scores(
+        self,
+        text_latents: Tensor,
+        positions: Sequence[int] | None = None,
+        *,
+        from_latents: bool = False,
+        chunk: int = 4096,
+    ) -> Tensor:
+        """Mixed-stream logits (Q, n) of queries' latents (Q, N, D) against indexed videos.
+
+        Args:
+            positions: the videos to score (default: all, in index order).
+            from_latents: score from the stored float16 latents with
+                ``model.mixed_stream_scores`` (keys and values projected per call) instead of
+                the stored attention summaries (the default; same result, much cheaper).
+        """
+        positions = list(range(len(self)) if positions is None else positions)
+        text_latents = text_latents.float()
+        text_summary = None if from_latents else attention_summary(self.model, text_latents)
         out = []
-        for start in range(0, len(self), chunk):
-            positions = range(start, min(len(self), start + chunk))
-            out.append(self.model.mixed_stream_scores(self.latents(positions), text_latents)[0])
-        return torch.cat(out).float()
+        for start in range(0, len(positions), chunk):
+            part = positions[start : start + chunk]
+            if from_latents:
+                out.append(self.model.mixed_stream_scores(self.latents(part), text_latents))
+            else:
+                visual = (
+                    torch.from_numpy(self._gather("attn_lse", part)),
+                    torch.from_numpy(self._gather("attn_values", part)),
+                )
+                assert text_summary is not None
+                out.append(mixed_scores_from_summaries(self.model, visual, text_summary))
+        if not out:
+            return torch.zeros(text_latents.shape[0], 0)
+        return torch.cat(out, dim=1).float()
 
 
 def _resolve_model(model: PerceiverVL | str | Path) -> tuple[PerceiverVL, str | None]:

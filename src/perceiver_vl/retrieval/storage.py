@@ -12,7 +12,10 @@ Each shard is an immutable safetensors file holding, for ``n`` videos,
 
 - ``latents``: (n, N, D) float16, the encoder latents of each video;
 - ``embeddings``: (n, E) float32, the unit multi-stream embeddings ``model.embed(latents, "visual")``
-  (computed from the float32 latents before rounding).
+  (computed from the float32 latents before rounding);
+- ``attn_lse``: (n, heads) float32 and ``attn_values``: (n, heads, head_dim) float32, the decoder
+  [CLS] query's attention summary of the stored (float16) latents, which makes the mixed-stream
+  re-rank cost one decoder MLP per pair (see :mod:`perceiver_vl.retrieval.rerank`).
 
 The manifest (JSON) names the format and version, the model fingerprint, the preprocessing, the
 shards with their byte size and SHA-256, and one entry per video pointing at its shard row.
@@ -131,14 +134,28 @@ def writer_lock(directory: Path) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------
 # Shards
 # ----------------------------------------------------------------------------------------------
-def shard_bytes(latents: np.ndarray, embeddings: np.ndarray, metadata: dict[str, str]) -> bytes:
-    """Serialise one shard (safetensors) to bytes."""
+SHARD_TENSORS = {
+    "latents": ("F16", 3),
+    "embeddings": ("F32", 2),
+    "attn_lse": ("F32", 2),
+    "attn_values": ("F32", 3),
+}
+
+
+def shard_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """Serialise one shard (safetensors) to bytes; ``arrays`` holds :data:`SHARD_TENSORS`."""
     from safetensors.numpy import save
 
+    missing = set(SHARD_TENSORS) - set(arrays)
+    if missing:
+        raise ValueError(
+            f"a shard needs the tensors {sorted(SHARD_TENSORS)}; missing {sorted(missing)}"
+        )
+    dtypes = {"F16": np.float16, "F32": np.float32}
     return save(
         {
-            "latents": np.ascontiguousarray(latents, dtype=np.float16),
-            "embeddings": np.ascontiguousarray(embeddings, dtype=np.float32),
+            name: np.ascontiguousarray(arrays[name], dtype=dtypes[dtype])
+            for name, (dtype, _) in SHARD_TENSORS.items()
         },
         metadata=metadata,
     )
@@ -146,12 +163,17 @@ def shard_bytes(latents: np.ndarray, embeddings: np.ndarray, metadata: dict[str,
 
 @dataclass
 class Shard:
-    """A read-only, memory-mapped shard: ``latents`` (n, N, D) float16, ``embeddings`` (n, E)."""
+    """A read-only, memory-mapped shard (the arrays of :data:`SHARD_TENSORS`)."""
 
     path: Path
     latents: np.ndarray
     embeddings: np.ndarray
+    attn_lse: np.ndarray
+    attn_values: np.ndarray
     metadata: dict[str, str]
+
+    def __len__(self) -> int:
+        return int(self.latents.shape[0])
 
 
 def _read_header(path: Path, file_size: int) -> tuple[dict[str, Any], int]:
@@ -179,10 +201,16 @@ def open_shard(path: Path) -> Shard:
     file_size = path.stat().st_size
     header, data_start = _read_header(path, file_size)
     arrays: dict[str, np.ndarray] = {}
-    for name in ("latents", "embeddings"):
+    for name, (dtype_name, ndim) in SHARD_TENSORS.items():
         info = header.get(name)
-        if not isinstance(info, dict) or info.get("dtype") not in _DTYPES:
-            raise CorruptIndexError(f"shard {str(path)!r} lacks a float tensor {name!r}")
+        if (
+            not isinstance(info, dict)
+            or info.get("dtype") != dtype_name
+            or len(info.get("shape", ())) != ndim
+        ):
+            raise CorruptIndexError(
+                f"shard {str(path)!r} lacks the {dtype_name} tensor {name!r} of {ndim} dimensions"
+            )
         dtype = np.dtype(_DTYPES[info["dtype"]]).newbyteorder("<")
         shape = tuple(int(s) for s in info["shape"])
         begin, end = (int(x) for x in info["data_offsets"])
@@ -198,14 +226,11 @@ def open_shard(path: Path) -> Shard:
             arrays[name] = np.memmap(
                 path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape
             )
-    latents, embeddings = arrays["latents"], arrays["embeddings"]
-    if latents.ndim != 3 or embeddings.ndim != 2 or latents.shape[0] != embeddings.shape[0]:
-        raise CorruptIndexError(
-            f"shard {str(path)!r} holds latents {latents.shape} and embeddings "
-            f"{embeddings.shape}; expected (n, N, D) and (n, E)"
-        )
+    rows = {name: a.shape[0] for name, a in arrays.items()}
+    if len(set(rows.values())) != 1:
+        raise CorruptIndexError(f"shard {str(path)!r} tensors disagree on the row count: {rows}")
     metadata = header.get("__metadata__") or {}
-    return Shard(path, latents, embeddings, dict(metadata))
+    return Shard(path, **arrays, metadata=dict(metadata))
 
 
 # ----------------------------------------------------------------------------------------------

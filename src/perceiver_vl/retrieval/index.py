@@ -253,47 +253,76 @@ class RetrievalIndex:
                 verify=verify,
             )
         else:
-            if path.exists() and not path.is_dir():
-                raise ValueError(f"index path {str(path)!r} exists and is not a directory")
-            path.mkdir(parents=True, exist_ok=True)
-            if any(p.name != storage.LOCK_NAME for p in path.iterdir()):
-                raise ValueError(
-                    f"index path {str(path)!r} is a non-empty directory without "
-                    f"{storage.MANIFEST_NAME}; choose an empty or new directory for the index"
-                )
-            cfg = model_obj.config
-            frames = num_frames if num_frames is not None else min(8, cfg.max_frames)
-            if not 1 <= frames <= cfg.max_frames:
-                raise ValueError(
-                    f"num_frames={frames} must lie in [1, config.max_frames={cfg.max_frames}]"
-                )
-            size = image_size if image_size is not None else cfg.image_size
-            if size <= 0 or size % cfg.patch_size:
-                raise ValueError(
-                    f"image_size={size} must be a positive multiple of patch_size={cfg.patch_size}"
-                )
-            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            manifest = {
-                "format": storage.FORMAT_NAME,
-                "version": storage.FORMAT_VERSION,
-                "created": now,
-                "updated": now,
-                "model": {**model_fingerprint(model_obj), "path": model_path},
-                "preprocessing": {
-                    "num_frames": frames,
-                    "image_size": size,
-                    "max_text_length": cfg.max_text_length,
-                    "latents_dtype": "float16",
-                },
-                "root": None,
-                "shards": [],
-                "videos": [],
-            }
+            index = cls.create(
+                path,
+                model_obj,
+                num_frames=num_frames,
+                image_size=image_size,
+                tokenizer=tokenizer,
+                video_loader=video_loader,
+            )
+            index.manifest["model"]["path"] = model_path
             with storage.writer_lock(path):
-                storage.write_manifest(path, manifest)
-            index = cls(path, manifest, model_obj, tokenizer=tokenizer, video_loader=video_loader)
+                storage.write_manifest(path, index.manifest)
         index.add(videos, batch_size=batch_size, shard_size=shard_size, progress=progress)
         return index
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        model: PerceiverVL | str | Path,
+        *,
+        num_frames: int | None = None,
+        image_size: int | None = None,
+        tokenizer: media.TextTokenizer | None = None,
+        video_loader: media.VideoLoader | None = None,
+    ) -> RetrievalIndex:
+        """Create an empty index at ``path`` (a new or empty directory) for ``model``.
+
+        See :meth:`build` for the arguments; :meth:`build` = :meth:`create` + :meth:`add`.
+        """
+        path = Path(path)
+        model_obj, model_path = _resolve_model(model)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"index path {str(path)!r} exists and is not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        if any(p.name != storage.LOCK_NAME for p in path.iterdir()):
+            raise ValueError(
+                f"index path {str(path)!r} is a non-empty directory without "
+                f"{storage.MANIFEST_NAME}; choose an empty or new directory for the index"
+            )
+        cfg = model_obj.config
+        frames = num_frames if num_frames is not None else min(8, cfg.max_frames)
+        if not 1 <= frames <= cfg.max_frames:
+            raise ValueError(
+                f"num_frames={frames} must lie in [1, config.max_frames={cfg.max_frames}]"
+            )
+        size = image_size if image_size is not None else cfg.image_size
+        if size <= 0 or size % cfg.patch_size:
+            raise ValueError(
+                f"image_size={size} must be a positive multiple of patch_size={cfg.patch_size}"
+            )
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest = {
+            "format": storage.FORMAT_NAME,
+            "version": storage.FORMAT_VERSION,
+            "created": now,
+            "updated": now,
+            "model": {**model_fingerprint(model_obj), "path": model_path},
+            "preprocessing": {
+                "num_frames": frames,
+                "image_size": size,
+                "max_text_length": cfg.max_text_length,
+                "latents_dtype": "float16",
+            },
+            "root": None,
+            "shards": [],
+            "videos": [],
+        }
+        with storage.writer_lock(path):
+            storage.write_manifest(path, manifest)
+        return cls(path, manifest, model_obj, tokenizer=tokenizer, video_loader=video_loader)
 
     @classmethod
     def open(
@@ -492,7 +521,11 @@ class RetrievalIndex:
         """The shard arrays of a batch of decoded videos."""
         video = torch.stack(videos).float()
         mask = torch.stack(masks).bool()
-        latents = self.model.encode(video=video, video_mask=mask).float()
+        return self._shard_arrays(self.model.encode(video=video, video_mask=mask))
+
+    @torch.no_grad()
+    def _shard_arrays(self, latents: Tensor) -> dict[str, np.ndarray]:
+        latents = latents.float()
         stored = latents.half()
         # The summary is taken of the stored (rounded) latents so that a re-rank equals the mixed
         # stream over exactly what the index holds.
@@ -621,6 +654,45 @@ class RetrievalIndex:
         if len(pending):
             self._commit(pending)
         bar.close()
+
+    @torch.no_grad()
+    def add_latents(
+        self,
+        names: Sequence[str],
+        latents: Tensor,
+        *,
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        """Add videos encoded elsewhere: ``latents`` (n, N, D) from ``model.encode(video=...)``.
+
+        ``names`` are stored as the videos' paths (relative to the index root when it has one);
+        an existing name is replaced. Written as one shard, committed atomically. No file stamps
+        are recorded, so :meth:`add` on the same files re-encodes them.
+        """
+        cfg = self.model.config
+        if latents.dim() != 3 or tuple(latents.shape[1:]) != (cfg.num_latents, cfg.hidden_size):
+            raise ValueError(
+                f"latents must be (n, {cfg.num_latents}, {cfg.hidden_size}) for this model, got "
+                f"{tuple(latents.shape)}"
+            )
+        if len(names) != latents.shape[0] or len(set(names)) != len(names):
+            raise ValueError(
+                f"names must be {latents.shape[0]} distinct strings (one per latents row), got "
+                f"{len(names)} ({len(set(names))} distinct)"
+            )
+        if metadata is not None and len(metadata) != len(names):
+            raise ValueError(f"metadata must have {len(names)} entries, got {len(metadata)}")
+        pending = _Pending()
+        for name, array in self._shard_arrays(latents).items():
+            pending.arrays[name].append(array)
+        pending.entries = [
+            {"video": str(name), **(dict(metadata[i]) if metadata is not None else {})}
+            for i, name in enumerate(names)
+        ]
+        with storage.writer_lock(self.path):
+            self.manifest = storage.read_manifest(self.path)
+            self._commit(pending)
+        self._load(verify=False)
 
     def _commit(self, pending: _Pending | None) -> None:
         """Write ``pending`` as a new shard, then replace the manifest; drop unreferenced shards."""

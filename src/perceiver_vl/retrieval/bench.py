@@ -1,0 +1,251 @@
+"""How fast one text query is answered over a large index, stage by stage.
+
+    python -m perceiver_vl.retrieval.bench [--videos 10000] [--size demo|paper|both] [--threads 2]
+
+Builds a synthetic index of random latents (the search cost does not depend on what the latents
+hold) with a randomly initialised model, then times, per query (median over repeats):
+
+- ``encode``: tokenise + one text encoder pass + the text embedding;
+- ``shortlist``: the multi-stream dot product over every indexed embedding + top-k;
+- ``rerank``: the mixed-stream logits of the shortlisted videos from the stored attention
+  summaries (one decoder MLP per candidate) + sort;
+- ``rerank_from_latents``: the same from the stored float16 latents with
+  ``model.mixed_stream_scores`` (keys/values projected per query), for comparison;
+- ``total``: ``index.search(query, k=10, mode="rerank")`` end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
+
+from . import media
+from .index import RetrievalIndex
+
+#: A demo-sized model: what a CPU demo trains in minutes.
+DEMO_CONFIG = dict(
+    hidden_size=256,
+    num_heads=4,
+    num_self_attention_layers=4,
+    cross_attention_before_layers=(0, 2),
+    num_latents=64,
+    patch_size=32,
+    image_size=224,
+    max_frames=8,
+    max_text_length=40,
+    contrastive_dim=256,
+)
+#: The paper's model (ViT-B/32 latent stack, D=768, N=128, 12 layers).
+PAPER_CONFIG: dict[str, Any] = dict(max_frames=8)
+
+QUERIES = [
+    "a red circle moves left",
+    "a blue square moves up and to the right",
+    "a man is playing a guitar on stage",
+    "two green triangles bounce off the walls",
+    "a woman is slicing vegetables in a kitchen",
+    "a yellow star spins slowly in the middle",
+    "cars drive along a busy street at night",
+    "a small white ball falls from the top",
+]
+
+
+class _HashTokenizer:
+    """Fallback when the data package is unavailable: words hashed into the BERT id range."""
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
+        for i, text in enumerate(texts):
+            words = [1000 + zlib.crc32(w.encode()) % 29000 for w in text.lower().split()]
+            row = [101, *words[: self.max_length - 2], 102]
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids, ids != 0
+
+
+def _tokenizer(max_length: int) -> tuple[media.TextTokenizer, str]:
+    try:
+        return media.default_tokenizer(max_length), "bert-base-uncased (perceiver_vl.data)"
+    except (ImportError, FileNotFoundError):
+        return _HashTokenizer(max_length), "hashing stand-in (perceiver_vl.data not available)"
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def run_benchmark(
+    *,
+    num_videos: int = 10_000,
+    config: PerceiverVLConfig | None = None,
+    shortlist: int = 100,
+    k: int = 10,
+    repeats: int = 30,
+    threads: int | None = 2,
+    workdir: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build a ``num_videos`` index of random latents and time one-query search stages.
+
+    Returns a dict with the setup and the median milliseconds per stage.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    config = config or PerceiverVLConfig(**DEMO_CONFIG)
+    model = PerceiverVL(config).eval()
+    tokenizer, tokenizer_name = _tokenizer(config.max_text_length)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = Path(tmp) / "index"
+        start = time.perf_counter()
+        index = RetrievalIndex.create(path, model, tokenizer=tokenizer)
+        chunk = 1024
+        from tqdm.auto import tqdm
+
+        for first in tqdm(
+            range(0, num_videos, chunk), desc="synthetic index", unit="shard", disable=not progress
+        ):
+            n = min(chunk, num_videos - first)
+            latents = torch.randn(n, config.num_latents, config.hidden_size)
+            index.add_latents([f"synthetic/{first + i:06d}.mp4" for i in range(n)], latents)
+        build_s = time.perf_counter() - start
+        disk_mb = sum(f.stat().st_size for f in path.iterdir()) / 2**20
+        start = time.perf_counter()
+        index = RetrievalIndex.open(path, model, tokenizer=tokenizer, verify=True)
+        open_verify_s = time.perf_counter() - start
+        start = time.perf_counter()
+        index = RetrievalIndex.open(path, model, tokenizer=tokenizer, verify=False)
+        open_s = time.perf_counter() - start
+
+        queries = iter(QUERIES * (repeats * 4 + 8))
+        state: dict[str, Any] = {}
+
+        def encode() -> None:
+            state["latents"] = index.encode_texts(next(queries))
+            state["embedding"] = model.embed(state["latents"], "text")
+
+        def stage_shortlist() -> None:
+            state["positions"] = index.shortlist(state["embedding"], shortlist)[1].tolist()
+
+        def stage_rerank() -> None:
+            scores = index.mixed_scores(state["latents"], state["positions"])[0]
+            scores.topk(min(k, scores.shape[0]))
+
+        def stage_rerank_latents() -> None:
+            scores = index.mixed_scores(state["latents"], state["positions"], from_latents=True)[0]
+            scores.topk(min(k, scores.shape[0]))
+
+        def total() -> None:
+            index.search(next(queries), k=k, mode="rerank", shortlist=shortlist)
+
+        for fn in (encode, stage_shortlist, stage_rerank, stage_rerank_latents, total):
+            fn()  # warm-up
+        stages = {
+            "encode": _median_ms(encode, repeats),
+            "shortlist": _median_ms(stage_shortlist, repeats),
+            "rerank": _median_ms(stage_rerank, repeats),
+            "rerank_from_latents": _median_ms(stage_rerank_latents, max(5, repeats // 3)),
+            "total": _median_ms(total, repeats),
+        }
+    return {
+        "num_videos": num_videos,
+        "shortlist": shortlist,
+        "k": k,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "model": {
+            "hidden_size": config.hidden_size,
+            "num_latents": config.num_latents,
+            "num_heads": config.num_heads,
+            "num_self_attention_layers": config.num_self_attention_layers,
+            "cross_attention_blocks": config.num_cross_attention_blocks,
+            "contrastive_dim": config.contrastive_dim,
+            "max_text_length": config.max_text_length,
+            "parameters_M": round(model.num_parameters() / 1e6, 1),
+        },
+        "tokenizer": tokenizer_name,
+        "index_build_s": round(build_s, 1),
+        "index_disk_MB": round(disk_mb, 1),
+        "open_s": round(open_s, 3),
+        "open_with_checksums_s": round(open_verify_s, 3),
+        "median_ms": {name: round(value, 2) for name, value in stages.items()},
+    }
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A few human-readable lines for one :func:`run_benchmark` result."""
+    m = result["model"]
+    ms = result["median_ms"]
+    return "\n".join(
+        [
+            f"model D={m['hidden_size']} N={m['num_latents']} layers={m['num_self_attention_layers']} "
+            f"({m['parameters_M']}M params), {result['num_videos']} videos, "
+            f"{result['threads']} threads, shortlist {result['shortlist']}, k {result['k']}",
+            f"  index: {result['index_disk_MB']} MB on disk, open {result['open_s']} s "
+            f"({result['open_with_checksums_s']} s with checksums)",
+            f"  encode {ms['encode']:.2f} ms | shortlist {ms['shortlist']:.2f} ms | "
+            f"rerank {ms['rerank']:.2f} ms (from latents: {ms['rerank_from_latents']:.2f} ms) | "
+            f"total {ms['total']:.2f} ms",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m perceiver_vl.retrieval.bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--videos", type=int, default=10_000, help="index size (default 10000)")
+    parser.add_argument("--size", choices=("demo", "paper", "both"), default="demo")
+    parser.add_argument("--shortlist", type=int, default=100)
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workdir", default=None, help="where the temporary index is written")
+    parser.add_argument("--json", action="store_true", help="print JSON results")
+    args = parser.parse_args(argv)
+    sizes = ("demo", "paper") if args.size == "both" else (args.size,)
+    results = []
+    for size in sizes:
+        config = PerceiverVLConfig(**(DEMO_CONFIG if size == "demo" else PAPER_CONFIG))
+        result = run_benchmark(
+            num_videos=args.videos,
+            config=config,
+            shortlist=args.shortlist,
+            k=args.k,
+            repeats=args.repeats,
+            threads=args.threads,
+            workdir=args.workdir,
+            progress=sys.stderr.isatty(),
+        )
+        result["size"] = size
+        results.append(result)
+        if not args.json:
+            print(format_result(result), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

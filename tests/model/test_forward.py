@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from perceiver_vl import PerceiverVL
-from perceiver_vl.model.encoder import layerdrop_decisions
+from perceiver_vl.model.encoder import concat_contexts, layerdrop_decisions
 
 from ..conftest import make_inputs, tiny_config
 
@@ -138,7 +138,8 @@ def test_cross_attention_layer_subsets(tiny_model):
     # skipping block 1 by hand equals the subset
     model = tiny_model
     manual = model.encoder.initial_latents(2)
-    array, amask = model._input_array(model._check_inputs(video, None, None, ids, mask))
+    visual, text = model._contexts(model._check_inputs(video, None, None, ids, mask))
+    array, amask = concat_contexts([visual, text])
     for i, blk in enumerate(model.encoder.self_attention_blocks):
         if i == 0:
             manual = model.encoder.cross_attention_blocks[0](manual, array, amask)

@@ -345,7 +345,7 @@ def load_image(
     )
     if (image.width, image.height) != (new_w, new_h):
         image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    array = np.asarray(image)[top : top + out_h, left : left + out_w]
+    array = np.array(image)[top : top + out_h, left : left + out_w]
     return _to_tensor(array[None])[0]
 
 

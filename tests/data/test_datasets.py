@@ -198,7 +198,7 @@ def test_too_many_bad_annotation_rows(tmp_path):
 def test_collate_shapes_mlm_images_and_none(tmp_path, clip, tok):
     _copy(clip, tmp_path / "v.mp4")
     write_image(tmp_path / "i.png")
-    short = write_video(tmp_path / "s.mp4", 2, width=32, height=32)
+    write_video(tmp_path / "s.mp4", 2, width=32, height=32)
     ann = tmp_path / "a.jsonl"
     rows = [("v.mp4", "a moving thing"), ("s.mp4", "short clip"), ("i.png", "an image")]
     ann.write_text("\n".join(json.dumps({"video": v, "caption": c}) for v, c in rows))
@@ -263,7 +263,7 @@ def test_cc3m_img2dataset_layout(tmp_path):
     assert item["text"] == "two colours side by side" and item["is_image"]
     assert item["video"].shape == (1, 3, SIZE, SIZE)
     with pytest.raises(FileNotFoundError, match="img2dataset"):
-        CC3M(None, tmp_path / "videos_none_here" if False else _empty(tmp_path))
+        CC3M(None, _empty(tmp_path))
 
 
 def _empty(tmp_path):

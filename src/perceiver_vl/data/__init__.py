@@ -32,6 +32,7 @@ from perceiver_vl.data.media import (
     sample_frame_indices,
 )
 from perceiver_vl.data.tokenizer import Tokenizer, default_vocab_path
+from perceiver_vl.data.webdataset import WebDatasetShards, expand_urls
 
 __all__ = [
     "CC3M",
@@ -45,7 +46,9 @@ __all__ = [
     "MSRVTTRetrieval",
     "MediaTextDataset",
     "VQAv2",
+    "WebDatasetShards",
     "WebVid",
+    "expand_urls",
     "collate",
     "normalize_answer",
     "read_annotations",

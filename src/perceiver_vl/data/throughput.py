@@ -115,7 +115,23 @@ def measure_throughput(
             results["synthetic_2000_clips_s"] = round(time.perf_counter() - start, 1)
 
     tokenizer = Tokenizer.default()
-    words = "a man is playing a guitar while the small red circle moves left then up".split()
+    words = [
+        "a",
+        "man",
+        "is",
+        "playing",
+        "a",
+        "guitar",
+        "while",
+        "the",
+        "small",
+        "red",
+        "circle",
+        "moves",
+        "left",
+        "then",
+        "up",
+    ]
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(words, size=rng.integers(5, 20))) for _ in range(num_texts)]
     tokenizer(texts[:256])

@@ -53,6 +53,17 @@ def test_clips_decode_with_declared_frames(bench):
     assert (real[0] - real[-1]).abs().mean() > 0.01
 
 
+def test_generic_reader_reads_the_benchmark(bench):
+    from perceiver_vl.data import CaptionDataset
+
+    ds = CaptionDataset(bench / "test.jsonl", num_frames=8, size=32)
+    assert len(ds) == 24
+    item = ds[0]
+    assert item["video_id"] == "test_00000" and item["video"].shape == (8, 3, 32, 32)
+    assert item["text"] == _read(bench / "test.jsonl")[0]["caption"]
+    assert ds.tracker.failed == 0
+
+
 def test_seeded_and_reused(bench, tmp_path):
     again = generate_benchmark(
         tmp_path / "b",

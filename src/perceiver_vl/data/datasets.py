@@ -438,7 +438,8 @@ class CC3M(MediaTextDataset):
             elif meta.is_file():
                 try:
                     info = json.loads(meta.read_text(encoding="utf-8"))
-                except json.JSONDecodeError:
+                except json.JSONDecodeError as err:
+                    logger.warning("%s: %s is not valid JSON (%s)", self.name, meta, err)
                     info = {}
                 caption = info.get("caption") or by_url.get(str(info.get("url", "")).strip())
             rel = str(path.relative_to(image_root))

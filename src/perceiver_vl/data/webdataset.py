@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -23,6 +24,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from perceiver_vl.data.failures import FailureTracker, MediaError
 from perceiver_vl.data.media import Size, load_media
+
+logger = logging.getLogger("perceiver_vl.data")
 
 MEDIA_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov", "jpg", "jpeg", "png", "webp")
 _IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp"}
@@ -295,7 +298,15 @@ class WebDatasetShards(IterableDataset):
         if "json" in parts:
             try:
                 meta = json.loads(parts["json"].decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                # Metadata is optional: the sample is kept, the broken member is reported.
+                logger.warning(
+                    "%s: %s:%s.json is not valid JSON (%s); meta left empty",
+                    self.name,
+                    shard,
+                    key,
+                    err,
+                )
                 meta = {}
         caption = parts.get("txt", b"").decode("utf-8", errors="replace").strip()
         if not caption and isinstance(meta.get("caption"), str):

@@ -106,3 +106,49 @@ def test_paper_gflops(frames, latents, target, tol):
     )
     gflops = count_flops(model, **visual, text_ids=ids, cross_attention_layers=[0, 1, 2]) / 1e9
     assert abs(gflops - target) / target <= tol, gflops
+
+
+@pytest.mark.parametrize("blocks", [None, [0], [1]])
+@pytest.mark.parametrize("residual", ["normalized", "standard"])
+def test_single_stream_scores_equal_one_forward_per_pair(blocks, residual):
+    from perceiver_vl.model.streams import single_stream_scores
+
+    torch.manual_seed(0)
+    model = PerceiverVL(tiny_config(cross_attention_residual=residual)).eval()
+    video, _, _ = make_inputs(batch=3, frames=3)
+    vmask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    _, ids, mask = make_inputs(batch=4, length=6, seed=3)
+    mask[0, 3:] = False
+    mask[2] = False  # a text with no real token
+    with torch.no_grad():
+        fast = single_stream_scores(
+            model,
+            text_ids=ids,
+            text_mask=mask,
+            video=video,
+            video_mask=vmask,
+            cross_attention_layers=blocks,
+            chunk_size=5,
+        )
+        slow = pairwise_single_stream_scores(
+            model,
+            text_ids=ids,
+            text_mask=mask,
+            video=video,
+            video_mask=vmask,
+            cross_attention_layers=blocks,
+        )
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_single_stream_scores_images_and_fallback():
+    from perceiver_vl.model.streams import single_stream_scores
+
+    model = PerceiverVL(tiny_config(modality_aggregation="separate")).eval()
+    images = torch.randn(2, 3, 32, 32)
+    _, ids, mask = make_inputs(batch=3, seed=4)
+    with torch.no_grad():
+        fast = single_stream_scores(model, text_ids=ids, text_mask=mask, images=images)
+        slow = pairwise_single_stream_scores(model, text_ids=ids, text_mask=mask, images=images)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)

@@ -16,7 +16,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("perceiver_vl.model.cli", "print a model's summary, parameter count and FLOPs"),
     "convert-official": (
-        "perceiver_vl.model.convert_cli",
+        "perceiver_vl.model.cli",
         "convert the authors' released checkpoint to safetensors + config.json",
     ),
     "generate-synthetic": (

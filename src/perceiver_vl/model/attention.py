@@ -82,14 +82,18 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.attention_dropout = attention_dropout
 
-    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """x: (B, Q, D) queries; context: (B, M, D); key_mask: (B, M) bool -> (B, Q, D)."""
+    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """context: (B, M, D) -> keys, values (B, heads, M, head_dim). Reusable across queries."""
+        b, m, d = context.shape
+        h = self.num_heads
+        k = self.k(context).view(b, m, h, d // h).transpose(1, 2)
+        v = self.v(context).view(b, m, h, d // h).transpose(1, 2)
+        return k, v
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """x: (B, Q, D) queries over projected keys/values (B, heads, M, head_dim) -> (B, Q, D)."""
         b, q_len, d = x.shape
-        m = context.shape[1]
-        h, hd = self.num_heads, d // self.num_heads
-        q = self.q(x).view(b, q_len, h, hd).transpose(1, 2)
-        k = self.k(context).view(b, m, h, hd).transpose(1, 2)
-        v = self.v(context).view(b, m, h, hd).transpose(1, 2)
+        q = self.q(x).view(b, q_len, self.num_heads, d // self.num_heads).transpose(1, 2)
         mask, has_key = _key_mask_for_sdpa(key_mask)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0
@@ -98,6 +102,10 @@ class CrossAttention(nn.Module):
         if has_key is not None:
             out = out * has_key[:, None, None].to(out.dtype)
         return out
+
+    def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        """x: (B, Q, D) queries; context: (B, M, D); key_mask: (B, M) bool -> (B, Q, D)."""
+        return self.attend(x, *self.project_kv(context), key_mask)
 
 
 class SelfAttentionBlock(nn.Module):
@@ -157,9 +165,19 @@ class CrossAttentionBlock(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """x: (B, Q, D); context: (B, M, D); key_mask: (B, M) bool, True = real -> (B, Q, D)."""
+        return self.forward_projected(x, *self.attn.project_kv(context), key_mask)
+
+    def forward_projected(
+        self, x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None
+    ) -> Tensor:
+        """As ``forward``, with the context's keys/values already projected (``attn.project_kv``)."""
         h = self.norm1(x)
+        return self.finish(x, h, self.attn.attend(h, k, v, key_mask))
+
+    def finish(self, x: Tensor, h: Tensor, attended: Tensor) -> Tensor:
+        """The residuals and MLP after attention: x = raw queries, h = norm1(x)."""
         base = h if self.residual == "normalized" else x
-        x = base + self.drop(self.attn(h, context, key_mask))
+        x = base + self.drop(attended)
         return x + self.mlp(self.norm2(x))
 
 

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 CrossAttentionResidual = Literal["normalized", "standard"]
 QALoss = Literal["bce", "ce"]
+ModalityAggregation = Literal["joint", "separate", "separate_plus"]
+LatentPositionEncoding = Literal["none", "learned", "fourier"]
 
 
 @dataclass
@@ -50,6 +52,14 @@ class PerceiverVLConfig:
             the LayerNorm-ed latents) or ``"standard"`` (pre-LN: ``x + attn(norm(x))``).
         modality_embedding: Add a learned visual/text type embedding to every input token
             (paper §3.1; the released model has none). False.
+        modality_aggregation: How the latents read the two modalities (paper §4.1, Fig. 3).
+            ``"joint"``: one input array, one cross-attention per schedule position (default).
+            ``"separate"``: a visual then a text cross-attention at each schedule position.
+            ``"separate_plus"``: the visual cross-attention at the schedule position, the text one
+            half-way through that block's self-attention layers.
+        latent_position_encoding: Added to the latent array (paper §3.2): ``"none"`` (the learned
+            latent array alone, default), ``"learned"`` or ``"fourier"`` (fixed sin/cos features of
+            the latent index).
         contrastive_dim: Width of the multi-stream retrieval embedding. 256.
         contrastive_init_temperature: Initial temperature of the contrastive loss. 0.07.
         num_answers: Size of the QA answer vocabulary; 0 = no classification head. 0.
@@ -76,6 +86,8 @@ class PerceiverVLConfig:
     inference_cross_attention_blocks: tuple[int, ...] | None = None
     cross_attention_residual: CrossAttentionResidual = "normalized"
     modality_embedding: bool = False
+    modality_aggregation: ModalityAggregation = "joint"
+    latent_position_encoding: LatentPositionEncoding = "none"
     contrastive_dim: int = 256
     contrastive_init_temperature: float = 0.07
     num_answers: int = 0
@@ -154,6 +166,16 @@ class PerceiverVLConfig:
             raise ValueError(
                 "PerceiverVLConfig.cross_attention_residual must be 'normalized' or 'standard', "
                 f"got {self.cross_attention_residual!r}"
+            )
+        if self.modality_aggregation not in ("joint", "separate", "separate_plus"):
+            raise ValueError(
+                "PerceiverVLConfig.modality_aggregation must be 'joint', 'separate' or "
+                f"'separate_plus', got {self.modality_aggregation!r}"
+            )
+        if self.latent_position_encoding not in ("none", "learned", "fourier"):
+            raise ValueError(
+                "PerceiverVLConfig.latent_position_encoding must be 'none', 'learned' or 'fourier', "
+                f"got {self.latent_position_encoding!r}"
             )
         if self.num_answers < 0:
             raise ValueError(f"PerceiverVLConfig.num_answers must be >= 0, got {self.num_answers}")

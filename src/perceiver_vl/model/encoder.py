@@ -1,17 +1,23 @@
 """The latent encoder: a learned latent array reads the input array through a schedule of
 cross-attention blocks; all deep processing is self-attention over the latents (paper §3.2).
 
-The cross-attention schedule (which self-attention layer each cross-attention block precedes) and
-LayerDrop on cross-attention (paper §3.3) both live here.
+The cross-attention schedule (which self-attention layer each cross-attention block precedes),
+the modality aggregation variants (§4.1) and LayerDrop on cross-attention (§3.3) all live here.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .attention import CrossAttentionBlock, SelfAttentionBlock, expand_batch
 from .config import PerceiverVLConfig
+
+# (normalised array (B, M_i, D), key mask (B, M_i) bool or None) for one modality
+Context = tuple[Tensor, Tensor | None]
 
 
 def layerdrop_decisions(
@@ -30,15 +36,57 @@ def layerdrop_decisions(
     return (0, *[j + 1 for j in range(num_blocks - 1) if bool(keep[j])])
 
 
+def fourier_position_features(num_positions: int, dim: int) -> Tensor:
+    """Fixed sin/cos features of positions 0..num_positions-1 (transformer style): (N, D)."""
+    position = torch.arange(num_positions, dtype=torch.float32)[:, None]
+    freqs = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(num_positions, dim)
+    table[:, 0::2] = torch.sin(position * freqs)
+    table[:, 1::2] = torch.cos(position * freqs)[:, : dim // 2]
+    return table
+
+
+def concat_contexts(contexts: Sequence[Context]) -> Context:
+    """Join per-modality contexts into one input array (visual first) with one key mask."""
+    if len(contexts) == 1:
+        return contexts[0]
+    arrays = [c[0] for c in contexts]
+    if all(c[1] is None for c in contexts):
+        return torch.cat(arrays, dim=1), None
+    masks = [
+        m if m is not None else torch.ones(a.shape[:2], dtype=torch.bool, device=a.device)
+        for a, m in contexts
+    ]
+    return torch.cat(arrays, dim=1), torch.cat(masks, dim=1)
+
+
 class LatentEncoder(nn.Module):
-    """Latent array + cross-attention schedule + latent self-attention stack + final LayerNorm."""
+    """Latent array + cross-attention schedule + latent self-attention stack + final LayerNorm.
+
+    ``cross_attention_blocks[j]`` reads the whole input array (``joint``) or the visual tokens
+    (``separate``/``separate_plus``, which add ``text_cross_attention_blocks[j]`` for the text);
+    the shared names let joint weights load into the separate variants.
+    """
 
     def __init__(self, config: PerceiverVLConfig) -> None:
         super().__init__()
         d = config.hidden_size
         self.schedule = tuple(config.cross_attention_before_layers)
+        self.aggregation = config.modality_aggregation
         self.latents = nn.Parameter(torch.empty(config.num_latents, d))
         nn.init.trunc_normal_(self.latents, std=0.02)
+        self.latent_position_encoding = config.latent_position_encoding
+        if config.latent_position_encoding == "learned":
+            self.latent_position = nn.Parameter(torch.zeros(config.num_latents, d))
+            nn.init.trunc_normal_(self.latent_position, std=0.02)
+        elif config.latent_position_encoding == "fourier":
+            self.register_buffer(
+                "latent_position",
+                fourier_position_features(config.num_latents, d),
+                persistent=False,
+            )
+        else:
+            self.latent_position = None
         # One LayerNorm over the whole input array before it serves as keys/values.
         self.input_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         block_args = dict(
@@ -49,28 +97,66 @@ class LatentEncoder(nn.Module):
             dropout=config.dropout,
             attention_dropout=config.attention_dropout,
         )
-        self.cross_attention_blocks = nn.ModuleList(
-            CrossAttentionBlock(residual=config.cross_attention_residual, **block_args)
-            for _ in self.schedule
-        )
+
+        def cross_blocks() -> nn.ModuleList:
+            return nn.ModuleList(
+                CrossAttentionBlock(residual=config.cross_attention_residual, **block_args)
+                for _ in self.schedule
+            )
+
+        self.cross_attention_blocks = cross_blocks()
+        self.text_cross_attention_blocks = cross_blocks() if self.aggregation != "joint" else None
         self.self_attention_blocks = nn.ModuleList(
             SelfAttentionBlock(**block_args) for _ in range(config.num_self_attention_layers)
         )
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        # layer index -> [(block index j, "joint" | "visual" | "text")] run before that layer
+        self.plan = self._plan(config.num_self_attention_layers)
+
+    def _plan(self, depth: int) -> dict[int, list[tuple[int, str]]]:
+        plan: dict[int, list[tuple[int, str]]] = {}
+        for j, start in enumerate(self.schedule):
+            if self.aggregation == "joint":
+                plan.setdefault(start, []).append((j, "joint"))
+            elif self.aggregation == "separate":
+                plan.setdefault(start, []).extend([(j, "visual"), (j, "text")])
+            else:  # separate_plus: the block's self-attention layers split between the two
+                end = self.schedule[j + 1] if j + 1 < len(self.schedule) else depth
+                middle = start + (end - start) // 2
+                plan.setdefault(start, []).append((j, "visual"))
+                plan.setdefault(middle, []).append((j, "text"))
+        return plan
 
     def initial_latents(self, batch_size: int) -> Tensor:
-        """z0 broadcast over the batch: (B, N, D)."""
-        return expand_batch(self.latents, batch_size)
+        """z0 (plus its position encoding, if any) broadcast over the batch: (B, N, D)."""
+        latents = self.latents
+        if self.latent_position is not None:
+            latents = latents + self.latent_position.to(latents.dtype)
+        return expand_batch(latents, batch_size)
 
-    def forward(self, inputs: Tensor, input_mask: Tensor | None, blocks: tuple[int, ...]) -> Tensor:
-        """inputs: (B, M, D) input array (already normalised); input_mask: (B, M) bool or None;
-        blocks: indices of the cross-attention blocks to run -> latents (B, N, D)."""
-        x = self.initial_latents(inputs.shape[0]).to(inputs.dtype)
+    def forward(
+        self, visual: Context | None, text: Context | None, blocks: tuple[int, ...]
+    ) -> Tensor:
+        """visual / text: normalised (array (B, M_i, D), mask (B, M_i) or None), either may be
+        None; blocks: indices of the cross-attention blocks to run -> latents (B, N, D)."""
+        present = [c for c in (visual, text) if c is not None]
+        if not present:
+            raise ValueError("the encoder needs at least one modality")
+        contexts = {"visual": visual, "text": text}
+        if self.aggregation == "joint":
+            contexts["joint"] = concat_contexts(present)
+        x = self.initial_latents(present[0][0].shape[0]).to(present[0][0].dtype)
         run = set(blocks)
-        block_at_layer = {layer: j for j, layer in enumerate(self.schedule)}
         for i, self_block in enumerate(self.self_attention_blocks):
-            j = block_at_layer.get(i)
-            if j is not None and j in run:
-                x = self.cross_attention_blocks[j](x, inputs, input_mask)
+            for j, source in self.plan.get(i, ()):
+                context = contexts[source]
+                if j not in run or context is None:
+                    continue
+                block = (
+                    self.text_cross_attention_blocks[j]
+                    if source == "text"
+                    else self.cross_attention_blocks[j]
+                )
+                x = block(x, context[0], context[1])
             x = self_block(x)
         return self.norm(x)

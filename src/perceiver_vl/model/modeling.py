@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .config import PerceiverVLConfig, check_cross_attention_blocks
 from .decoder import QueryDecoder
 from .embeddings import TextEmbedding, VisualEmbedding
-from .encoder import LatentEncoder, layerdrop_decisions
+from .encoder import Context, LatentEncoder, layerdrop_decisions
 from .heads import ClassificationHead, ContrastiveHead, MatchingHead, MLMHead
 
 
@@ -204,35 +204,32 @@ class PerceiverVL(nn.Module):
         assert batch is not None
         return _Inputs(frames, frame_mask, is_video, text_ids, text_mask, batch)
 
-    def _input_array(self, inputs: _Inputs) -> tuple[Tensor, Tensor | None]:
-        """The normalised input array (B, M, D), visual tokens first, and its key mask (B, M)."""
-        parts, masks = [], []
-        any_mask = False
+    def _contexts(self, inputs: _Inputs) -> tuple[Context | None, Context | None]:
+        """Per modality: the normalised tokens (B, M_i, D) and key mask (B, M_i) or None.
+
+        One LayerNorm (``encoder.input_norm``) serves the whole input array; it acts per token,
+        so normalising each modality's part equals normalising their concatenation.
+        """
+        visual = text = None
         if inputs.frames is not None:
             frames = inputs.frames.to(self.visual_embed.patch_embed.proj.weight.dtype)
             tokens = self.visual_embed(frames, is_video=inputs.is_video)
             if self.modality_embed is not None:
                 tokens = tokens + self.modality_embed.weight[0]
-            parts.append(tokens)
-            per_frame = tokens.shape[1] // frames.shape[1]
-            if inputs.frame_mask is not None:
-                masks.append(inputs.frame_mask.repeat_interleave(per_frame, dim=1))
-                any_mask = True
-            else:
-                masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+            mask = None
+            if inputs.frame_mask is not None and not bool(inputs.frame_mask.all()):
+                per_frame = tokens.shape[1] // frames.shape[1]
+                mask = inputs.frame_mask.repeat_interleave(per_frame, dim=1)
+            visual = (self.encoder.input_norm(tokens), mask)
         if inputs.text_ids is not None:
             tokens = self.text_embed(inputs.text_ids)
             if self.modality_embed is not None:
                 tokens = tokens + self.modality_embed.weight[1]
-            parts.append(tokens)
-            if inputs.text_mask is not None:
-                masks.append(inputs.text_mask)
-                any_mask = True
-            else:
-                masks.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
-        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        mask = (masks[0] if len(masks) == 1 else torch.cat(masks, dim=1)) if any_mask else None
-        return self.encoder.input_norm(x), mask
+            mask = inputs.text_mask
+            if mask is not None and bool(mask.all()):
+                mask = None
+            text = (self.encoder.input_norm(tokens), mask)
+        return visual, text
 
     # ------------------------------------------------------------------------------------------
     # Cross-attention block selection (inference choice or LayerDrop)
@@ -289,8 +286,8 @@ class PerceiverVL(nn.Module):
     ) -> tuple[Tensor, tuple[int, ...], _Inputs]:
         inputs = self._check_inputs(video, video_mask, images, text_ids, text_mask)
         blocks = self.select_cross_attention_blocks(cross_attention_layers, layerdrop_step)
-        array, mask = self._input_array(inputs)
-        return self.encoder(array, mask, blocks), blocks, inputs
+        visual, text = self._contexts(inputs)
+        return self.encoder(visual, text, blocks), blocks, inputs
 
     def decode(self, queries: Tensor, latents: Tensor, latent_mask: Tensor | None = None) -> Tensor:
         """queries: (B, Q, D) read latents (B, N', D) -> decoder states (B, Q, D)."""
@@ -444,6 +441,35 @@ class PerceiverVL(nn.Module):
             num_heads=num_heads,
             cross_attention_schedule=cross_attention_schedule,
         )
+
+    def with_num_latents(self, num_latents: int, method: str = "fresh") -> PerceiverVL:
+        """A copy of this model with a latent array of ``num_latents`` (paper §5.2.2, Fig. 5).
+
+        ``method="fresh"``: a newly initialised latent array (the paper finds this works as well);
+        ``"interpolate"``: the trained array (and a learned latent position table) linearly
+        resampled along the latent axis. Every other weight is copied.
+        """
+        if method not in ("fresh", "interpolate"):
+            raise ValueError(f"method must be 'fresh' or 'interpolate', got {method!r}")
+        if not isinstance(num_latents, int) or num_latents <= 0:
+            raise ValueError(f"num_latents must be a positive int, got {num_latents!r}")
+        new = PerceiverVL(self.config.replace(num_latents=num_latents))
+        state = {k: v for k, v in self.state_dict().items()}
+        resized = ("encoder.latents", "encoder.latent_position")
+        for key in resized:
+            if key not in state or state[key].dim() != 2:
+                continue
+            old = state.pop(key)
+            if method == "interpolate":
+                grid = old.detach().float().T.unsqueeze(0)  # (1, D, N)
+                state[key] = (
+                    F.interpolate(grid, size=num_latents, mode="linear", align_corners=True)[0]
+                    .T.to(old.dtype)
+                    .contiguous()
+                )
+        missing, unexpected = new.load_state_dict(state, strict=False)
+        assert not unexpected and set(missing) <= set(resized), (missing, unexpected)
+        return new.train(self.training)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

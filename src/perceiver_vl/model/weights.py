@@ -82,6 +82,16 @@ def load_pretrained(directory: str | Path, *, map_location: str = "cpu") -> Perc
     config = PerceiverVLConfig.from_json_file(config_path)
     model = PerceiverVL(config)
     state = load_file(str(weights_path), device=map_location)
+    own = model.state_dict()
+    bad = [
+        f"{k}: file {tuple(v.shape)} vs config {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if bad:
+        raise ValueError(
+            f"{str(weights_path)!r} does not match {str(config_path)!r}: " + "; ".join(bad[:8])
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

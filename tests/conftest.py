@@ -1,0 +1,45 @@
+"""Shared test helpers: tiny configs, seeded inputs, the location of ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from perceiver_vl import PerceiverVL, PerceiverVLConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def tiny_config(**changes) -> PerceiverVLConfig:
+    base = dict(
+        hidden_size=32,
+        num_heads=2,
+        num_self_attention_layers=4,
+        cross_attention_before_layers=(0, 2),
+        num_latents=8,
+        patch_size=8,
+        image_size=32,
+        max_frames=6,
+        max_text_length=10,
+        vocab_size=100,
+        contrastive_dim=16,
+    )
+    base.update(changes)
+    return PerceiverVLConfig(**base)
+
+
+@pytest.fixture
+def tiny_model() -> PerceiverVL:
+    torch.manual_seed(0)
+    return PerceiverVL(tiny_config()).eval()
+
+
+def make_inputs(batch=2, frames=3, size=32, length=7, vocab=100, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    video = torch.rand(batch, frames, 3, size, size, generator=g) * 2 - 1
+    ids = torch.randint(5, vocab, (batch, length), generator=g)
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    return video, ids, mask

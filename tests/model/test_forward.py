@@ -1,0 +1,212 @@
+"""Shapes, masking invariants, LayerDrop, cross-attention subsets, bad input."""
+
+import pytest
+import torch
+
+from perceiver_vl import PerceiverVL
+from perceiver_vl.model.encoder import concat_contexts, layerdrop_decisions
+
+from ..conftest import make_inputs, tiny_config
+
+
+def test_shapes_every_mode(tiny_model):
+    video, ids, mask = make_inputs()
+    cfg = tiny_model.config
+    out = tiny_model(video=video, text_ids=ids, text_mask=mask)
+    assert out.latents.shape == (2, cfg.num_latents, cfg.hidden_size)
+    assert out.decoder_states.shape == (2, 1, cfg.hidden_size)
+    assert out.matching_logits.shape == (2,)
+    assert out.loss is None and out.mlm_logits is None
+    labels = torch.full_like(ids, -100)
+    labels[:, 2] = ids[:, 2]
+    images = video[:, 0]
+    out = tiny_model(images=images, text_ids=ids, text_mask=mask, mlm_labels=labels)
+    assert out.mlm_logits.shape == (2, 7, cfg.vocab_size)
+    assert out.decoder_states.shape == (2, 8, cfg.hidden_size)
+    assert out.loss is not None and torch.isfinite(out.loss)
+    assert tiny_model.encode(video=video).shape == (2, 8, 32)
+    assert tiny_model.encode(images=images).shape == (2, 8, 32)
+    assert tiny_model.encode(text_ids=ids, text_mask=mask).shape == (2, 8, 32)
+    # text-only forward: no matching logit, MLM still works
+    out = tiny_model(text_ids=ids, mlm_labels=labels)
+    assert out.matching_logits is None and out.mlm_logits.shape == (2, 7, 100)
+
+
+def test_matching_and_mlm_in_one_decoder_call_agree_with_separate_calls(tiny_model):
+    video, ids, mask = make_inputs()
+    labels = torch.full_like(ids, -100)
+    labels[:, 1] = 3
+    joint = tiny_model(video=video, text_ids=ids, text_mask=mask, mlm_labels=labels)
+    alone = tiny_model(video=video, text_ids=ids, text_mask=mask)
+    torch.testing.assert_close(joint.matching_logits, alone.matching_logits)
+
+
+def test_losses_and_backward():
+    torch.manual_seed(0)
+    model = PerceiverVL(tiny_config(num_answers=5)).train()
+    video, ids, mask = make_inputs()
+    labels = torch.full_like(ids, -100)
+    labels[:, 3] = ids[:, 3]
+    out = model(
+        video=video,
+        text_ids=ids,
+        text_mask=mask,
+        mlm_labels=labels,
+        matching_labels=torch.tensor([1, 0]),
+        answer_targets=torch.rand(2, 5),
+    )
+    for loss in (out.matching_loss, out.mlm_loss, out.qa_loss):
+        assert loss is not None and torch.isfinite(loss)
+    torch.testing.assert_close(out.loss, out.matching_loss + out.mlm_loss + out.qa_loss)
+    out.loss.backward()
+    assert model.encoder.latents.grad is not None
+    assert out.answer_logits.shape == (2, 5)
+
+
+def test_qa_cross_entropy_head():
+    model = PerceiverVL(tiny_config(num_answers=4, qa_loss="ce")).eval()
+    video, ids, mask = make_inputs()
+    out = model(video=video, text_ids=ids, text_mask=mask, answer_targets=torch.tensor([0, 3]))
+    assert out.qa_loss is not None and torch.isfinite(out.qa_loss)
+
+
+def test_padding_frames_and_tokens_do_not_change_outputs(tiny_model):
+    video, ids, mask = make_inputs(batch=2, frames=3, length=5)
+    ref = tiny_model(video=video, text_ids=ids, text_mask=mask)
+    padded_video = torch.cat([video, torch.randn(2, 2, 3, 32, 32)], dim=1)
+    vmask = torch.tensor([[1, 1, 1, 0, 0]] * 2, dtype=torch.bool)
+    padded_ids = torch.cat([ids, torch.randint(5, 100, (2, 3))], dim=1)
+    tmask = torch.cat([mask, torch.zeros(2, 3, dtype=torch.bool)], dim=1)
+    out = tiny_model(video=padded_video, video_mask=vmask, text_ids=padded_ids, text_mask=tmask)
+    torch.testing.assert_close(out.latents, ref.latents, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.matching_logits, ref.matching_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_fully_masked_frames_and_samples_give_no_nan(tiny_model):
+    video, ids, mask = make_inputs()
+    vmask = torch.tensor([[True, False, False], [False, False, False]])
+    out = tiny_model(video=video, video_mask=vmask, text_ids=ids, text_mask=torch.zeros_like(mask))
+    assert torch.isfinite(out.latents).all() and torch.isfinite(out.matching_logits).all()
+
+
+def test_layerdrop_random_in_training_absent_in_eval():
+    model = PerceiverVL(tiny_config(cross_attention_before_layers=(0, 1, 2, 3), layerdrop=0.5))
+    video, ids, mask = make_inputs()
+    model.train()
+    seen = {
+        model(video=video, text_ids=ids, layerdrop_step=s).cross_attention_blocks for s in range(40)
+    }
+    assert len(seen) > 1, "LayerDrop never changed the schedule in training"
+    assert all(blocks[0] == 0 for blocks in seen), "the first cross-attention block must always run"
+    model.eval()
+    evals = {
+        model(video=video, text_ids=ids, layerdrop_step=s).cross_attention_blocks for s in range(10)
+    }
+    assert evals == {(0, 1, 2, 3)}
+
+
+def test_layerdrop_identical_across_simulated_ranks():
+    # Two "ranks": independent model instances, different global RNG states, same seed and steps.
+    decisions = []
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        model = PerceiverVL(tiny_config(cross_attention_before_layers=(0, 1, 2, 3))).train()
+        video, ids, mask = make_inputs(seed=rank)
+        decisions.append(
+            [model(video=video, text_ids=ids).cross_attention_blocks for _ in range(20)]
+        )
+    assert decisions[0] == decisions[1]
+    assert decisions[0] == [layerdrop_decisions(4, 0.5, seed=0, step=s) for s in range(20)]
+    # ...and the global RNG is untouched by the decision
+    torch.manual_seed(1)
+    a = torch.rand(1)
+    torch.manual_seed(1)
+    layerdrop_decisions(4, 0.5, seed=0, step=3)
+    assert torch.equal(torch.rand(1), a)
+
+
+def test_cross_attention_layer_subsets(tiny_model):
+    video, ids, mask = make_inputs()
+    all_blocks = tiny_model(video=video, text_ids=ids, text_mask=mask)
+    first = tiny_model(video=video, text_ids=ids, text_mask=mask, cross_attention_layers=[0])
+    assert all_blocks.cross_attention_blocks == (0, 1) and first.cross_attention_blocks == (0,)
+    assert not torch.allclose(all_blocks.latents, first.latents)
+    # the default stored in the config applies when the caller does not choose
+    tiny_model.config.inference_cross_attention_blocks = (0,)
+    default = tiny_model(video=video, text_ids=ids, text_mask=mask)
+    torch.testing.assert_close(default.latents, first.latents)
+    # skipping block 1 by hand equals the subset
+    model = tiny_model
+    manual = model.encoder.initial_latents(2)
+    visual, text = model._contexts(model._check_inputs(video, None, None, ids, mask))
+    array, amask = concat_contexts([visual, text])
+    for i, blk in enumerate(model.encoder.self_attention_blocks):
+        if i == 0:
+            manual = model.encoder.cross_attention_blocks[0](manual, array, amask)
+        manual = blk(manual)
+    torch.testing.assert_close(model.encoder.norm(manual), first.latents)
+    with pytest.raises(ValueError, match="cross_attention_layers"):
+        model(video=video, text_ids=ids, cross_attention_layers=[2])
+    with pytest.raises(ValueError, match="empty"):
+        model(video=video, text_ids=ids, cross_attention_layers=[])
+
+
+def test_other_frame_sizes_resize_the_position_table(tiny_model):
+    video = torch.randn(1, 2, 3, 48, 24)
+    out = tiny_model(video=video, text_ids=torch.tensor([[5, 6, 7]]))
+    assert torch.isfinite(out.matching_logits).all()
+
+
+def test_variants_standard_residual_and_modality_embedding_run():
+    for changes in (dict(cross_attention_residual="standard"), dict(modality_embedding=True)):
+        model = PerceiverVL(tiny_config(**changes)).train()
+        video, ids, mask = make_inputs()
+        out = model(video=video, text_ids=ids, text_mask=mask, matching_labels=torch.tensor([1, 0]))
+        out.loss.backward()
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(), "no input"),
+        (dict(video=torch.randn(2, 3, 32, 32)), "video must be"),
+        (dict(video=torch.randn(2, 7, 3, 32, 32)), "max_frames"),
+        (dict(video=torch.randint(0, 2, (2, 3, 3, 32, 32))), "float"),
+        (dict(video=torch.randn(2, 3, 3, 30, 32)), "patch_size"),
+        (dict(video=torch.randn(0, 3, 3, 32, 32)), "empty"),
+        (dict(images=torch.randn(2, 3, 32)), "images must be"),
+        (dict(images=torch.randn(2, 3, 32, 32), video=torch.randn(2, 1, 3, 32, 32)), "not both"),
+        (
+            dict(video=torch.randn(2, 3, 3, 32, 32), video_mask=torch.ones(2, 4, dtype=torch.bool)),
+            "video_mask",
+        ),
+        (dict(images=torch.randn(2, 3, 32, 32), video_mask=torch.ones(2, 1)), "video_mask"),
+        (dict(text_ids=torch.randint(0, 9, (2, 11))), "max_text_length"),
+        (dict(text_ids=torch.rand(2, 4)), "integer"),
+        (dict(text_ids=torch.randint(0, 9, (2,))), "text_ids must be"),
+        (dict(text_ids=torch.tensor([[1, 100]])), "vocab_size"),
+        (
+            dict(text_ids=torch.ones(2, 4, dtype=torch.long), text_mask=torch.ones(2, 5)),
+            "text_mask",
+        ),
+        (
+            dict(images=torch.randn(2, 3, 32, 32), text_ids=torch.ones(3, 4, dtype=torch.long)),
+            "batch sizes",
+        ),
+        (dict(text_ids=torch.ones(2, 0, dtype=torch.long)), "empty"),
+        (dict(images=torch.randn(2, 3, 32, 32), text_mask=torch.ones(2, 3)), "text_mask was given"),
+    ],
+)
+def test_bad_input_is_named(tiny_model, kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        tiny_model(**kwargs)
+
+
+def test_bad_labels_are_named(tiny_model):
+    video, ids, mask = make_inputs()
+    with pytest.raises(ValueError, match="mlm_labels"):
+        tiny_model(video=video, text_ids=ids, mlm_labels=torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="matching_labels"):
+        tiny_model(video=video, text_ids=ids, matching_labels=torch.ones(3))
+    with pytest.raises(ValueError, match="QA head"):
+        tiny_model(video=video, text_ids=ids, answer_targets=torch.ones(2, 3))

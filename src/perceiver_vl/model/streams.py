@@ -59,7 +59,7 @@ def mixed_stream_logits(model: PerceiverVL, visual_latents: Tensor, text_latents
     return model.matching_head(states[:, 0])
 
 
-def _attention_summary(model: PerceiverVL, latents: Tensor) -> tuple[Tensor, Tensor]:
+def attention_summary(model: PerceiverVL, latents: Tensor) -> tuple[Tensor, Tensor]:
     """Per item: the [CLS] query's attention over its N latents, summarised as the log-sum-exp of
     the scores (n, heads) and the softmax-weighted values (n, heads, head_dim)."""
     block = model.decoder.block
@@ -94,8 +94,8 @@ def mixed_stream_scores(
     block = model.decoder.block
     n_visual, n_text = visual_latents.shape[0], text_latents.shape[0]
     d = visual_latents.shape[-1]
-    lse_v, val_v = _attention_summary(model, visual_latents)
-    lse_t, val_t = _attention_summary(model, text_latents)
+    lse_v, val_v = attention_summary(model, visual_latents)
+    lse_t, val_t = attention_summary(model, text_latents)
     cls = model.decoder.cls_query.to(visual_latents.dtype).view(1, d)
     cls_normed = block.norm1(cls)
     rows_per_chunk = max(1, chunk_size // max(1, n_visual))
@@ -250,6 +250,7 @@ def single_stream_scores(
 
 
 __all__ = [
+    "attention_summary",
     "mixed_stream_logits",
     "mixed_stream_scores",
     "multi_stream_scores",

@@ -18,14 +18,14 @@ import torch
 from torch import Tensor
 
 from perceiver_vl.model import PerceiverVL
-from perceiver_vl.model.streams import _attention_summary
+from perceiver_vl.model.streams import attention_summary as _model_attention_summary
 
 
 @torch.no_grad()
 def attention_summary(model: PerceiverVL, latents: Tensor) -> tuple[Tensor, Tensor]:
     """latents (n, N, D) -> (log-sum-exp (n, heads), weighted values (n, heads, head_dim)),
     the [CLS] decoder query's attention over each item's latents."""
-    lse, values = _attention_summary(model, latents.float())
+    lse, values = _model_attention_summary(model, latents.float())
     return lse.float(), values.float()
 
 

@@ -1,0 +1,34 @@
+"""Data for perceiver-vl: tokenisation, masked-LM corruption, media decoding, data sets.
+
+This package knows nothing of the model or of training; it only imports torch, numpy, av,
+Pillow, tokenizers, tqdm and the standard library.
+"""
+
+from perceiver_vl.data.failures import FailureTracker, MediaError, TooManyFailuresError
+from perceiver_vl.data.masking import IGNORE_INDEX, MLMCollator, mask_tokens
+from perceiver_vl.data.media import (
+    VideoReader,
+    is_image_path,
+    load_image,
+    load_media,
+    load_video,
+    sample_frame_indices,
+)
+from perceiver_vl.data.tokenizer import Tokenizer, default_vocab_path
+
+__all__ = [
+    "IGNORE_INDEX",
+    "FailureTracker",
+    "MLMCollator",
+    "MediaError",
+    "Tokenizer",
+    "TooManyFailuresError",
+    "VideoReader",
+    "default_vocab_path",
+    "is_image_path",
+    "load_image",
+    "load_media",
+    "load_video",
+    "mask_tokens",
+    "sample_frame_indices",
+]

@@ -4,6 +4,23 @@ This package knows nothing of the model or of training; it only imports torch, n
 Pillow, tokenizers, tqdm and the standard library.
 """
 
+from perceiver_vl.data.collate import Collator, collate
+from perceiver_vl.data.datasets import (
+    CC3M,
+    MSRVTTQA,
+    AnswerVocab,
+    CaptionDataset,
+    DiDeMo,
+    Entry,
+    KarpathyCaptions,
+    MediaTextDataset,
+    MSRVTTRetrieval,
+    VQAv2,
+    WebVid,
+    normalize_answer,
+    read_annotations,
+    vqa_score,
+)
 from perceiver_vl.data.failures import FailureTracker, MediaError, TooManyFailuresError
 from perceiver_vl.data.masking import IGNORE_INDEX, MLMCollator, mask_tokens
 from perceiver_vl.data.media import (
@@ -15,8 +32,27 @@ from perceiver_vl.data.media import (
     sample_frame_indices,
 )
 from perceiver_vl.data.tokenizer import Tokenizer, default_vocab_path
+from perceiver_vl.data.webdataset import WebDatasetShards, expand_urls
 
 __all__ = [
+    "CC3M",
+    "MSRVTTQA",
+    "AnswerVocab",
+    "CaptionDataset",
+    "Collator",
+    "DiDeMo",
+    "Entry",
+    "KarpathyCaptions",
+    "MSRVTTRetrieval",
+    "MediaTextDataset",
+    "VQAv2",
+    "WebDatasetShards",
+    "WebVid",
+    "expand_urls",
+    "collate",
+    "normalize_answer",
+    "read_annotations",
+    "vqa_score",
     "IGNORE_INDEX",
     "FailureTracker",
     "MLMCollator",

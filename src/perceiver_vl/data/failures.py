@@ -101,8 +101,14 @@ class FailureTracker:
         """Record one good sample."""
         self._counts[_worker_row(), 0] += 1
 
-    def fail(self, path: str | os.PathLike, reason: str, kind: str = "other") -> None:
-        """Record one skipped sample: count it, log it with its path, check the fraction."""
+    def fail(
+        self, path: str | os.PathLike, reason: str, kind: str = "other", check: bool = True
+    ) -> None:
+        """Record one skipped sample: count it, log it with its path, check the fraction.
+
+        ``check=False`` skips the fraction check (annotation rows are checked as a whole with
+        `check_fraction`).
+        """
         kind = kind if kind in REASONS else "other"
         self._counts[_worker_row(), 1 + REASONS.index(kind)] += 1
         self.recent.append((str(path), kind, reason))
@@ -111,6 +117,8 @@ class FailureTracker:
             line = json.dumps({"path": str(path), "kind": kind, "reason": reason}) + "\n"
             with open(self.log_file, "a", encoding="utf-8") as handle:
                 handle.write(line)
+        if not check:
+            return
         seen, failed = self.seen, self.failed
         if seen >= self.min_samples and failed > self.max_failure_fraction * seen:
             raise TooManyFailuresError(
@@ -118,6 +126,20 @@ class FailureTracker:
                 f"({failed / seen:.1%} > max_failure_fraction={self.max_failure_fraction}); "
                 f"last: {path} ({reason}). Check the media root and annotation paths, or raise "
                 "max_failure_fraction if this much bad data is expected. " + self.summary()
+            )
+
+    def check_fraction(self, failed: int, total: int, what: str) -> None:
+        """Raise `TooManyFailuresError` when ``failed`` of ``total`` exceeds the fraction (used
+        for annotation rows, which are all read at once)."""
+        if self.strict and failed:
+            raise ValueError(
+                f"{what}: {failed} of {total} entries are unusable and strict=True; "
+                "fix the annotations or pass strict=False to skip them. " + self.summary()
+            )
+        if total >= self.min_samples and failed > self.max_failure_fraction * total:
+            raise TooManyFailuresError(
+                f"{what}: {failed} of {total} entries are unusable "
+                f"(> max_failure_fraction={self.max_failure_fraction}); " + self.summary()
             )
 
     def handle(self, error: Exception, path: str | os.PathLike | None = None) -> None:

@@ -1,0 +1,143 @@
+"""Batching: stack clips (padding T with masked frames), tokenise captions, optional masked LM."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from perceiver_vl.data.masking import mask_tokens
+from perceiver_vl.data.tokenizer import Tokenizer
+
+_HANDLED = {"video", "video_mask", "is_image", "text"}
+
+
+def _stack_videos(items: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    shapes = {tuple(item["video"].shape[1:]) for item in items}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"items have different frame sizes {sorted(shapes)}; load every item with the same "
+            "size= (the data sets resize and crop for you)"
+        )
+    max_t = max(item["video"].shape[0] for item in items)
+    channels, height, width = shapes.pop()
+    video = torch.zeros(len(items), max_t, channels, height, width)
+    mask = torch.zeros(len(items), max_t, dtype=torch.bool)
+    for row, item in enumerate(items):
+        t = item["video"].shape[0]
+        video[row, :t] = item["video"]
+        mask[row, :t] = item.get("video_mask", torch.ones(t, dtype=torch.bool))
+    return video, mask
+
+
+def _collate_extra(values: list[Any]) -> Any:
+    if all(isinstance(v, torch.Tensor) for v in values):
+        if len({tuple(v.shape) for v in values}) == 1:
+            return torch.stack(values)
+        return values
+    if all(isinstance(v, bool) for v in values):
+        return torch.tensor(values, dtype=torch.bool)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return torch.tensor(values, dtype=torch.long)
+    if all(isinstance(v, float) for v in values):
+        return torch.tensor(values, dtype=torch.float32)
+    return values
+
+
+class Collator:
+    """Turn a list of data-set items into a batch.
+
+    Bad samples arrive as ``None`` (see `FailureTracker`) and are dropped; a batch made only of
+    bad samples becomes ``None`` (skip it in the training loop).
+
+    Output keys:
+        ``video`` (B, T, 3, H, W), ``video_mask`` (B, T) bool (True = real frame; shorter clips
+        and images are padded with masked frames); ``images`` (B, 3, H, W) when every item is an
+        image; ``text_ids``, ``text_mask`` (B, L) when a tokenizer is given and items carry
+        ``"text"``; ``mlm_ids``, ``mlm_labels`` (B, L) (-100 = not a target) when
+        ``mlm_probability > 0``; ``texts`` (list of lists) when items carry several captions;
+        any other key stacked when it holds same-shape tensors or numbers, else kept as a list.
+
+    Args:
+        tokenizer: tokenises ``"text"``; None leaves texts as strings under ``"text"``.
+        mlm_probability: masked-LM target fraction (0 = no ``mlm_*`` keys).
+        whole_word: whole-word masking.
+        ensure_one: at least one masked-LM target per caption.
+        seed: seeds masking; each loader worker and each call get their own stream.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer | None = None,
+        *,
+        mlm_probability: float = 0.0,
+        whole_word: bool = False,
+        ensure_one: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if mlm_probability and tokenizer is None:
+            raise ValueError("mlm_probability > 0 needs tokenizer=Tokenizer.default() (or yours)")
+        self.tokenizer = tokenizer
+        self.mlm_probability = mlm_probability
+        self.whole_word = whole_word
+        self.ensure_one = ensure_one
+        self.seed = seed
+        self._calls = 0
+
+    def _generator(self) -> torch.Generator:
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id + 1
+        self._calls += 1
+        return torch.Generator().manual_seed(hash((self.seed, worker, self._calls)) % (2**63))
+
+    def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+        """items: list of data-set dicts (or None for skipped samples) -> batch dict or None."""
+        good = [item for item in items if item is not None]
+        if not good:
+            return None
+        batch: dict[str, Any] = {}
+        batch["video"], batch["video_mask"] = _stack_videos(good)
+        is_image = [bool(item.get("is_image", False)) for item in good]
+        batch["is_image"] = torch.tensor(is_image, dtype=torch.bool)
+        if all(is_image) and batch["video"].shape[1] == 1:
+            batch["images"] = batch["video"][:, 0]
+        if all("text" in item for item in good):
+            texts = [item["text"] for item in good]
+            if self.tokenizer is None:
+                batch["text"] = texts
+            else:
+                batch["text"] = texts
+                ids, mask = self.tokenizer(texts)
+                batch["text_ids"], batch["text_mask"] = ids, mask
+                if self.mlm_probability > 0:
+                    batch["mlm_ids"], batch["mlm_labels"] = mask_tokens(
+                        ids,
+                        mask,
+                        vocab_size=self.tokenizer.vocab_size,
+                        mask_id=self.tokenizer.mask_id,
+                        special_ids=self.tokenizer.special_ids,
+                        probability=self.mlm_probability,
+                        generator=self._generator(),
+                        whole_word=self.whole_word,
+                        tokenizer=self.tokenizer,
+                        ensure_one=self.ensure_one,
+                    )
+        keys = [k for k in good[0] if k not in _HANDLED and all(k in item for item in good)]
+        for key in keys:
+            batch[key] = _collate_extra([item[key] for item in good])
+        return batch
+
+
+def collate(
+    items: Sequence[dict[str, Any] | None],
+    tokenizer: Tokenizer | None = None,
+    *,
+    mlm_probability: float = 0.0,
+    whole_word: bool = False,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """Batch ``items`` once; see `Collator` (use a Collator as a DataLoader's ``collate_fn``)."""
+    return Collator(tokenizer, mlm_probability=mlm_probability, whole_word=whole_word, seed=seed)(
+        items
+    )

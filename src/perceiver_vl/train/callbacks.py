@@ -67,13 +67,39 @@ class RunCheckpoint(ModelCheckpoint):
     per-version logger folder), so a restarted run finds ``last.ckpt`` with ``--ckpt_path last``.
     Defaults: a checkpoint every 1000 steps (``every_n_train_steps``), ``last.ckpt`` always."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("save_last", True)
-        kwargs.setdefault("every_n_train_steps", 1000)
-        kwargs.setdefault("filename", "step{step:07d}")
-        kwargs.setdefault("auto_insert_metric_name", False)
-        kwargs.setdefault("save_top_k", -1 if kwargs.get("monitor") is None else 1)
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str | None = "step{step:07d}",
+        monitor: str | None = None,
+        mode: str = "min",
+        save_last: bool | None = True,
+        save_top_k: int | None = None,
+        every_n_train_steps: int | None = 1000,
+        every_n_epochs: int | None = None,
+        train_time_interval: Any = None,
+        save_on_train_epoch_end: bool | None = None,
+        auto_insert_metric_name: bool = False,
+        verbose: bool = False,
+    ) -> None:
+        """Args as ``ModelCheckpoint``; ``save_top_k`` defaults to all step checkpoints without
+        ``monitor`` (-1) and to the single best one with it (1)."""
+        if save_top_k is None:
+            save_top_k = -1 if monitor is None else 1
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=monitor,
+            mode=mode,
+            save_last=save_last,
+            save_top_k=save_top_k,
+            every_n_train_steps=every_n_train_steps,
+            every_n_epochs=every_n_epochs,
+            train_time_interval=train_time_interval,
+            save_on_train_epoch_end=save_on_train_epoch_end,
+            auto_insert_metric_name=auto_insert_metric_name,
+            verbose=verbose,
+        )
 
     def _default_dir(self, trainer: pl.Trainer) -> str:
         return os.path.join(trainer.default_root_dir, "checkpoints")

@@ -167,7 +167,11 @@ class PerceiverVLDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the synthetic benchmarks named in the specs (local rank 0 only)."""
         for (kind, root), options in self._synthetic_roots().items():
-            self._generate(kind, root, options)
+            complete = all((Path(root) / f"{s}.jsonl").is_file() for s in ("train", "val", "test"))
+            # explicit options: (re)generate unless identical output exists (the generator
+            # checks); none: keep whatever benchmark is there, generate defaults only if absent
+            if options or not complete:
+                self._generate(kind, root, options)
 
     @staticmethod
     def _generate(kind: str, root: str, options: dict[str, Any]) -> None:

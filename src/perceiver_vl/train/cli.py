@@ -30,6 +30,13 @@ from .datamodule import PerceiverVLDataModule
 from .module import PerceiverVLModule
 
 DDP_STRATEGY = "ddp_find_unused_parameters_true"
+_FIND_UNUSED = {
+    "auto": DDP_STRATEGY,
+    "ddp": DDP_STRATEGY,
+    "ddp_spawn": "ddp_spawn_find_unused_parameters_true",
+    "ddp_fork": "ddp_fork_find_unused_parameters_true",
+    "ddp_notebook": "ddp_notebook_find_unused_parameters_true",
+}
 
 
 def _requested_devices(devices: Any, accelerator: Any) -> int:
@@ -77,9 +84,11 @@ class PerceiverVLCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         trainer = self._trainer_config()
         count = _requested_devices(trainer.devices, trainer.accelerator) * int(trainer.num_nodes)
-        if count > 1 and trainer.strategy in ("auto", "ddp"):
-            # LayerDrop skips cross-attention blocks: their parameters get no gradient that step
-            trainer.strategy = DDP_STRATEGY
+        strategy = trainer.strategy
+        if count > 1 and isinstance(strategy, str) and strategy in _FIND_UNUSED:
+            # LayerDrop skips cross-attention blocks (and single-stream steps leave the
+            # contrastive head idle): those parameters get no gradient in that step
+            trainer.strategy = _FIND_UNUSED[strategy]
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         config = self._get(self.config_init, "trainer", default={})

@@ -60,7 +60,8 @@ class PerceiverVLDataModule(pl.LightningDataModule):
     arguments), plus the class's own arguments; ``name`` optionally names it in logs. The module
     adds ``num_frames``, ``size``, ``train`` and ``seed``. The synthetic kinds take ``root``,
     ``split`` and ``generate`` (arguments of ``generate_benchmark``, run once in
-    ``prepare_data``).
+    ``prepare_data``). QA evaluation sets share the training set's answer vocabulary (or
+    ``vocab: answers.json``).
 
     Several training data sets (e.g. WebVid videos + CC3M images) are iterated together: every
     training step receives one batch of each (Lightning's CombinedLoader, ``train_mode``), so a
@@ -220,11 +221,26 @@ class PerceiverVLDataModule(pl.LightningDataModule):
             )
             return name or f"{kind}-{split}", dataset
         cls = _import(class_path)
+        if isinstance(spec.get("vocab"), str):  # a saved answer vocabulary (JSON list)
+            from perceiver_vl.data import AnswerVocab
+
+            spec["vocab"] = AnswerVocab.load(spec["vocab"])
+        elif kind == "vqav2" and stage != "train" and "vocab" not in spec:
+            spec["vocab"] = self._train_vocab(kind)
         kwargs = {**common, **spec}
         if name is not None:
             kwargs.setdefault("name", name)
         dataset = cls(**kwargs)
         return name or getattr(dataset, "name", type(dataset).__name__), dataset
+
+    def _train_vocab(self, kind: str) -> Any:
+        """The answer vocabulary of the training set of ``kind`` (val/test must share it)."""
+        for position, spec in enumerate(self.specs["train"]):
+            if spec.get("kind") == kind:
+                built = self.datasets.get("train")
+                dataset = built[position][1] if built else self.build_dataset(spec, "train")[1]
+                return getattr(dataset, "vocab", None)
+        return None
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {

@@ -1,0 +1,35 @@
+"""Training and evaluation of Perceiver-VL on Lightning (the model itself stays Lightning-free).
+
+Public names (imported lazily, so ``import perceiver_vl.train`` is cheap):
+
+* :class:`PerceiverVLModule`, :class:`PerceiverVLDataModule`, :class:`PerceiverVLCLI`;
+* :func:`fit` / :class:`FitResult` (programmatic training);
+* :func:`evaluate_retrieval`, :func:`evaluate_qa` (stream-mode retrieval with wall times, QA);
+* :func:`export_checkpoint` (Lightning checkpoint -> safetensors + config.json).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_NAMES = {
+    "PerceiverVLModule": "module",
+    "PerceiverVLDataModule": "datamodule",
+    "PerceiverVLCLI": "cli",
+    "lightning_main": "cli",
+    "fit": "api",
+    "FitResult": "api",
+    "evaluate_retrieval": "evaluation",
+    "evaluate_qa": "evaluation",
+    "export_checkpoint": "export_cli",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_NAMES)

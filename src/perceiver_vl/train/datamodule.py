@@ -1,0 +1,304 @@
+"""LightningDataModule around the data package: data set specs -> loaders with the Collator."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from perceiver_vl.data import Collator, Tokenizer
+
+# short names usable as "kind" in a data set spec
+DATASET_KINDS: dict[str, str] = {
+    "captions": "perceiver_vl.data.CaptionDataset",
+    "webvid": "perceiver_vl.data.WebVid",
+    "cc3m": "perceiver_vl.data.CC3M",
+    "msrvtt": "perceiver_vl.data.MSRVTTRetrieval",
+    "didemo": "perceiver_vl.data.DiDeMo",
+    "karpathy": "perceiver_vl.data.KarpathyCaptions",
+    "msrvtt_qa": "perceiver_vl.data.MSRVTTQA",
+    "vqav2": "perceiver_vl.data.VQAv2",
+    "webdataset": "perceiver_vl.data.WebDatasetShards",
+    "synthetic": "synthetic",
+    "synthetic_images": "synthetic_images",
+}
+_SYNTHETIC_DEFAULTS = {"num_train": 2000, "num_val": 200, "num_test": 500}
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ValueError(f"class path {path!r} must look like 'package.module.ClassName'")
+    return getattr(importlib.import_module(module), name)
+
+
+def _as_list(specs: Any, argument: str) -> list[dict[str, Any]]:
+    if specs is None:
+        return []
+    if isinstance(specs, dict):
+        specs = [specs]
+    out = []
+    for spec in specs:
+        if not isinstance(spec, dict) or not ("kind" in spec or "class_path" in spec):
+            raise ValueError(
+                f"{argument} entries must be mappings with 'kind' (one of "
+                f"{sorted(DATASET_KINDS)}) or 'class_path', got {spec!r}"
+            )
+        out.append(dict(spec))
+    return out
+
+
+class PerceiverVLDataModule(pl.LightningDataModule):
+    """Data sets for fit / validate / test, batched by :class:`perceiver_vl.data.Collator`.
+
+    A data set spec is a mapping: ``kind`` (``captions``, ``webvid``, ``cc3m``, ``msrvtt``,
+    ``didemo``, ``karpathy``, ``msrvtt_qa``, ``vqav2``, ``webdataset``, ``synthetic``,
+    ``synthetic_images``) or ``class_path`` (any data set class taking the common keyword
+    arguments), plus the class's own arguments; ``name`` optionally names it in logs. The module
+    adds ``num_frames``, ``size``, ``train`` and ``seed``. The synthetic kinds take ``root``,
+    ``split`` and ``generate`` (arguments of ``generate_benchmark``, run once in
+    ``prepare_data``). QA evaluation sets share the training set's answer vocabulary (or
+    ``vocab: answers.json``).
+
+    Several training data sets (e.g. WebVid videos + CC3M images) are iterated together: every
+    training step receives one batch of each (Lightning's CombinedLoader, ``train_mode``), so a
+    run mixes image-text and video-text batches.
+
+    Args:
+        train, val, test: a spec or a list of specs per stage.
+        batch_size: samples per device per step (per training data set).
+        eval_batch_size: batch size for val/test (default: ``batch_size``).
+        num_workers: loader worker processes.
+        num_frames: frames per video clip (T).
+        image_size: frame side (pixels).
+        max_text_length: token budget per caption (must not exceed the model's).
+        vocab: a ``vocab.txt`` / ``tokenizer.json``; None = bert-base-uncased (offline).
+        mlm_probability: masked-LM target fraction (0 = no masked-LM inputs).
+        whole_word_masking: mask whole words.
+        train_mode: CombinedLoader mode for several training sets (``max_size_cycle`` or
+            ``min_size``).
+        seed: data randomness (frames, crops, captions, masking).
+        drop_last: drop the last incomplete training batch.
+        pin_memory: pin loader memory (GPU runs).
+    """
+
+    def __init__(
+        self,
+        train: list[dict[str, Any]] | dict[str, Any] | None = None,
+        val: list[dict[str, Any]] | dict[str, Any] | None = None,
+        test: list[dict[str, Any]] | dict[str, Any] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        num_frames: int = 8,
+        image_size: int = 224,
+        max_text_length: int = 40,
+        vocab: str | None = None,
+        mlm_probability: float = 0.15,
+        whole_word_masking: bool = False,
+        train_mode: str = "max_size_cycle",
+        seed: int = 0,
+        drop_last: bool = True,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if train_mode not in ("max_size_cycle", "min_size"):
+            raise ValueError(
+                f"data.train_mode={train_mode!r} must be 'max_size_cycle' or 'min_size'"
+            )
+        self.specs = {
+            "train": _as_list(train, "data.train"),
+            "val": _as_list(val, "data.val"),
+            "test": _as_list(test, "data.test"),
+        }
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_frames = num_frames
+        self.image_size = image_size
+        self.max_text_length = max_text_length
+        self.vocab = vocab
+        self.mlm_probability = mlm_probability
+        self.whole_word_masking = whole_word_masking
+        self.train_mode = train_mode
+        self.seed = seed
+        self.drop_last = drop_last
+        self.pin_memory = pin_memory
+        self.datasets: dict[str, list[tuple[str, Dataset]]] = {}
+        self._tokenizer: Tokenizer | None = None
+
+    # ----------------------------------------------------------------- building blocks
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = (
+                Tokenizer.from_file(self.vocab, max_length=self.max_text_length)
+                if self.vocab
+                else Tokenizer.default(max_length=self.max_text_length)
+            )
+        return self._tokenizer
+
+    def collator(self, stage: str) -> Collator:
+        return Collator(
+            self.tokenizer,
+            mlm_probability=self.mlm_probability,
+            whole_word=self.whole_word_masking,
+            seed=self.seed + {"train": 0, "val": 1, "test": 2}.get(stage, 3),
+        )
+
+    def _synthetic_roots(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """(kind, root) -> generate options, merged over every spec naming that root."""
+        roots: dict[tuple[str, str], dict[str, Any]] = {}
+        for specs in self.specs.values():
+            for spec in specs:
+                kind = spec.get("kind")
+                if kind not in ("synthetic", "synthetic_images"):
+                    continue
+                if not spec.get("root"):
+                    raise ValueError(f"a {kind!r} data set spec needs root=<folder>, got {spec!r}")
+                options = roots.setdefault((kind, str(spec["root"])), {})
+                options.update(spec.get("generate") or {})
+        return roots
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic benchmarks named in the specs (local rank 0 only)."""
+        for (kind, root), options in self._synthetic_roots().items():
+            complete = all((Path(root) / f"{s}.jsonl").is_file() for s in ("train", "val", "test"))
+            # explicit options: (re)generate unless identical output exists (the generator
+            # checks); none: keep whatever benchmark is there, generate defaults only if absent
+            if options or not complete:
+                self._generate(kind, root, options)
+
+    @staticmethod
+    def _generate(kind: str, root: str, options: dict[str, Any]) -> None:
+        from perceiver_vl.data import synthetic
+
+        options = {**_SYNTHETIC_DEFAULTS, **options}
+        options.setdefault("progress", False)
+        if kind == "synthetic":
+            synthetic.generate_benchmark(root, **options)
+        else:
+            options.pop("frames", None)
+            synthetic.generate_image_benchmark(root, **options)
+
+    def build_dataset(self, spec: dict[str, Any], stage: str) -> tuple[str, Dataset]:
+        """Instantiate one spec for ``stage`` ("train", "val" or "test")."""
+        original, spec = spec, dict(spec)
+        kind = spec.pop("kind", None)
+        class_path = spec.pop("class_path", None) or DATASET_KINDS.get(kind or "")
+        if class_path is None:
+            raise ValueError(
+                f"unknown data set kind {kind!r}; use one of {sorted(DATASET_KINDS)} or give "
+                "class_path: package.module.Class"
+            )
+        name = spec.pop("name", None)
+        spec.pop("generate", None)
+        common = {
+            "num_frames": self.num_frames,
+            "size": self.image_size,
+            "train": stage == "train",
+            "seed": self.seed,
+        }
+        if class_path in ("synthetic", "synthetic_images"):
+            if "root" not in spec:
+                raise ValueError(f"a {kind!r} data set spec needs root=<folder>, got {original!r}")
+            root = Path(spec.pop("root"))
+            split = spec.pop("split", stage)
+            if not (root / f"{split}.jsonl").is_file():  # no Trainer ran prepare_data
+                options = self._synthetic_roots().get((kind, str(original["root"])), {})
+                self._generate(kind, str(original["root"]), options)
+            from perceiver_vl.data import CaptionDataset
+
+            dataset: Dataset = CaptionDataset(
+                root / f"{split}.jsonl",
+                root,
+                **{**common, **spec, "name": name or f"{kind}-{split}"},
+            )
+            return name or f"{kind}-{split}", dataset
+        cls = _import(class_path)
+        if isinstance(spec.get("vocab"), str):  # a saved answer vocabulary (JSON list)
+            from perceiver_vl.data import AnswerVocab
+
+            spec["vocab"] = AnswerVocab.load(spec["vocab"])
+        elif kind == "vqav2" and stage != "train" and "vocab" not in spec:
+            spec["vocab"] = self._train_vocab(kind)
+        kwargs = {**common, **spec}
+        if name is not None:
+            kwargs.setdefault("name", name)
+        dataset = cls(**kwargs)
+        return name or getattr(dataset, "name", type(dataset).__name__), dataset
+
+    def _train_vocab(self, kind: str) -> Any:
+        """The answer vocabulary of the training set of ``kind`` (val/test must share it)."""
+        for position, spec in enumerate(self.specs["train"]):
+            if spec.get("kind") == kind:
+                built = self.datasets.get("train")
+                dataset = built[position][1] if built else self.build_dataset(spec, "train")[1]
+                return getattr(dataset, "vocab", None)
+        return None
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+            None: ("train", "val", "test"),
+        }[stage]
+        for split in wanted:
+            if split not in self.datasets:
+                self.datasets[split] = [self.build_dataset(s, split) for s in self.specs[split]]
+
+    # ----------------------------------------------------------------- loaders
+    def _loader(self, dataset: Dataset, stage: str) -> DataLoader:
+        train = stage == "train"
+        iterable = isinstance(dataset, IterableDataset)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train and not iterable,
+            num_workers=self.num_workers,
+            collate_fn=self.collator(stage),
+            drop_last=train and self.drop_last,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> Any:
+        sets = self.datasets.get("train") or []
+        if not sets:
+            raise ValueError("no training data: set data.train (e.g. a 'synthetic' spec)")
+        if len(sets) == 1:
+            return self._loader(sets[0][1], "train")
+        from lightning.pytorch.utilities import CombinedLoader
+
+        return CombinedLoader(
+            {name: self._loader(ds, "train") for name, ds in sets}, mode=self.train_mode
+        )
+
+    def val_dataloader(self) -> Any:
+        return [self._loader(ds, "val") for _, ds in self.datasets.get("val") or []]
+
+    def test_dataloader(self) -> Any:
+        return [self._loader(ds, "test") for _, ds in self.datasets.get("test") or []]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to data sets with per-epoch randomness."""
+        for sets in self.datasets.values():
+            for _, dataset in sets:
+                if hasattr(dataset, "set_epoch"):
+                    dataset.set_epoch(epoch)
+
+    def dataset(self, split: str, index: int = 0) -> Dataset:
+        """The ``index``-th data set of ``split`` (built on demand)."""
+        if split not in self.datasets:
+            self.datasets[split] = [self.build_dataset(s, split) for s in self.specs[split]]
+        sets = self.datasets[split]
+        if not sets:
+            raise ValueError(f"no {split!r} data set configured (set data.{split})")
+        return sets[index][1]

@@ -1,0 +1,109 @@
+"""``perceiver-vl evaluate --model DIR --data CONFIG``: retrieval in every stream mode (or QA) on
+a data config's test (or val) split; prints a table and writes JSON.
+
+``CONFIG`` is a fit config (its ``data:`` section is used) or a file holding only the data
+module's arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from perceiver_vl.model import PerceiverVL
+
+from .evaluation import MODES, evaluate_qa, evaluate_retrieval, load_retrieval_inputs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="folder from save_pretrained / export")
+    parser.add_argument("--data", required=True, help="YAML: a fit config or a data section")
+    parser.add_argument("--split", default="test", choices=("test", "val"))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--rerank-k", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--single-candidates",
+        type=int,
+        default=None,
+        help="single stream scores only the multi-stream top k per text (default: all pairs)",
+    )
+    parser.add_argument(
+        "--cross-attention-layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="cross-attention blocks to run (default: the model config's)",
+    )
+    parser.add_argument("--precision", default="32", choices=("32", "bf16"))
+    parser.add_argument("--task", default="auto", choices=("auto", "retrieval", "qa"))
+    parser.add_argument(
+        "--output", default=None, help="JSON path (default: <model>/eval_<split>.json)"
+    )
+    parser.add_argument("--device", default="cpu")
+
+
+def _data_module(path: str) -> Any:
+    from .api import load_config
+    from .datamodule import PerceiverVLDataModule
+
+    config = load_config(path)
+    section = config.get("data", config)
+    if isinstance(section, dict) and "init_args" in section:
+        section = section["init_args"]
+    return PerceiverVLDataModule(**section)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A fixed-width table of retrieval results (one row per mode)."""
+    cols = ["t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr"]
+    lines = [f"{'mode':<8}" + "".join(f"{c:>10}" for c in cols) + f"{'seconds':>10}"]
+    for mode, metrics in results.items():
+        if mode == "info":
+            continue
+        row = "".join(f"{metrics[c]:>10.2f}" for c in cols)
+        lines.append(f"{mode:<8}{row}{metrics['seconds']:>10.3f}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = PerceiverVL.from_pretrained(args.model).to(args.device).eval()
+    dm = _data_module(args.data)
+    dataset = dm.dataset(args.split)
+    task = args.task
+    if task == "auto":
+        task = "qa" if model.qa_head is not None else "retrieval"
+    if task == "qa":
+        loader = dm._loader(dataset, args.split)
+        results: dict[str, Any] = {"qa": evaluate_qa(model, loader, precision=args.precision)}
+        print(json.dumps(results, indent=2))
+    else:
+        data = load_retrieval_inputs(dataset, dm.tokenizer, batch_size=args.batch_size)
+        results = evaluate_retrieval(
+            model,
+            data,
+            modes=args.modes,
+            rerank_k=args.rerank_k,
+            batch_size=args.batch_size,
+            single_candidates=args.single_candidates,
+            cross_attention_layers=args.cross_attention_layers,
+            precision=args.precision,
+        )
+        info = results["info"]
+        print(
+            f"{args.split}: {info['num_texts']} texts, {info['num_videos']} videos "
+            "(recall in %, ranks 1-based, ties count against the query)"
+        )
+        print(format_table(results))
+    out = Path(args.output) if args.output else Path(args.model) / f"eval_{args.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+__all__ = ["add_arguments", "format_table", "run"]

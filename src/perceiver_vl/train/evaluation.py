@@ -1,0 +1,389 @@
+"""Retrieval in every stream mode (with wall times) and QA evaluation of a trained model.
+
+Modes (paper §3.5):
+
+* ``single``: every (text, video) pair is encoded jointly (exact, cost texts x videos encodings);
+* ``multi``: videos and texts encoded once, dot products of their embeddings;
+* ``mixed``: encoded once, every pair scored by the decoder over concat(z_V, z_T);
+* ``rerank``: the multi-stream top ``rerank_k`` videos of each text re-scored by mixed stream.
+
+Each mode's ``seconds`` is its full wall time, encodings included (multi, mixed and rerank share
+one encoding pass, which is timed once and added to each).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from perceiver_vl.metrics import qa_accuracy, retrieval_metrics, vqa_score
+from perceiver_vl.model import PerceiverVL
+
+MODES = ("single", "multi", "mixed", "rerank")
+
+
+@dataclass
+class RetrievalInputs:
+    """Everything retrieval needs, in memory.
+
+    Attributes:
+        video: (V, T, 3, H, W) clips (or None with ``images``); video_mask: (V, T) bool.
+        images: (V, 3, H, W) still images.
+        text_ids, text_mask: (N, L) tokenised captions.
+        text_to_video: (N,) index of each caption's video.
+    """
+
+    text_ids: Tensor
+    text_mask: Tensor
+    text_to_video: Tensor
+    video: Tensor | None = None
+    video_mask: Tensor | None = None
+    images: Tensor | None = None
+
+    @property
+    def num_visual(self) -> int:
+        visual = self.video if self.video is not None else self.images
+        assert visual is not None
+        return int(visual.shape[0])
+
+    def visual(self, index: slice | Tensor) -> dict[str, Tensor]:
+        if self.video is not None:
+            mask = None if self.video_mask is None else self.video_mask[index]
+            return {"video": self.video[index], "video_mask": mask}
+        assert self.images is not None
+        return {"images": self.images[index]}
+
+
+def load_retrieval_inputs(
+    dataset: Any,
+    tokenizer: Any,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    max_items: int | None = None,
+) -> RetrievalInputs:
+    """Decode a data set's media once and tokenise all its captions.
+
+    ``dataset`` is a :class:`perceiver_vl.data.MediaTextDataset` (``media_only()`` /
+    ``caption_index()`` give one item per media and every caption with its media)."""
+    from perceiver_vl.data import Collator
+
+    media = dataset.media_only() if hasattr(dataset, "media_only") else dataset
+    texts, owners = dataset.caption_index()
+    if max_items is not None:
+        keep = [i for i, o in enumerate(owners) if o < max_items]
+        texts, owners = [texts[i] for i in keep], [owners[i] for i in keep]
+        media = torch.utils.data.Subset(media, range(min(max_items, len(media))))
+    loader = torch.utils.data.DataLoader(
+        media,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=lambda items: items,
+    )
+    videos, masks, is_image = [], [], True
+    for items in loader:
+        for item in items:
+            if item is None:
+                raise RuntimeError(
+                    "a media file failed to load during evaluation; evaluation needs every item "
+                    "(see the data set's failure log)"
+                )
+            videos.append(item["video"])
+            masks.append(item["video_mask"])
+            is_image = is_image and bool(item.get("is_image", False))
+    batch = Collator(None)(
+        [{"video": v, "video_mask": m, "is_image": is_image} for v, m in zip(videos, masks)]
+    )
+    ids, mask = tokenizer(texts)
+    owners_t = torch.tensor(owners, dtype=torch.long)
+    if is_image and batch["video"].shape[1] == 1:
+        return RetrievalInputs(ids, mask, owners_t, images=batch["video"][:, 0])
+    return RetrievalInputs(
+        ids, mask, owners_t, video=batch["video"], video_mask=batch["video_mask"]
+    )
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision in ("bf16", "bf16-mixed"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+@torch.no_grad()
+def encode_all(
+    model: PerceiverVL,
+    data: RetrievalInputs,
+    *,
+    batch_size: int = 64,
+    cross_attention_layers: Any = None,
+    precision: str = "32",
+) -> tuple[Tensor, Tensor, float, float]:
+    """(visual latents (V, N, D), text latents (N_t, N, D), visual seconds, text seconds)."""
+    device = next(model.parameters()).device
+    with _autocast(device, precision):
+        start = time.perf_counter()
+        visual = []
+        for s in range(0, data.num_visual, batch_size):
+            kwargs = {
+                k: v.to(device) if v is not None else None
+                for k, v in data.visual(slice(s, s + batch_size)).items()
+            }
+            visual.append(
+                model.encode(**kwargs, cross_attention_layers=cross_attention_layers).float()
+            )
+        visual_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        text = []
+        for s in range(0, data.text_ids.shape[0], batch_size):
+            text.append(
+                model.encode(
+                    text_ids=data.text_ids[s : s + batch_size].to(device),
+                    text_mask=data.text_mask[s : s + batch_size].to(device),
+                    cross_attention_layers=cross_attention_layers,
+                ).float()
+            )
+        text_seconds = time.perf_counter() - start
+    return torch.cat(visual), torch.cat(text), visual_seconds, text_seconds
+
+
+@torch.no_grad()
+def single_stream_scores(
+    model: PerceiverVL,
+    data: RetrievalInputs,
+    *,
+    batch_size: int = 64,
+    candidates: Tensor | None = None,
+    cross_attention_layers: Any = None,
+    precision: str = "32",
+) -> Tensor:
+    """(N_t, V) single-stream logits; with ``candidates`` (N_t, k) only those pairs are scored
+    and the rest get -inf."""
+    device = next(model.parameters()).device
+    num_texts = data.text_ids.shape[0]
+    if candidates is None:
+        pairs = torch.cartesian_prod(torch.arange(num_texts), torch.arange(data.num_visual))
+    else:
+        rows = torch.arange(num_texts)[:, None].expand_as(candidates)
+        pairs = torch.stack([rows.reshape(-1), candidates.reshape(-1).cpu()], dim=1)
+    scores = torch.full((num_texts, data.num_visual), float("-inf"))
+    with _autocast(device, precision):
+        for s in range(0, pairs.shape[0], batch_size):
+            t_idx, v_idx = pairs[s : s + batch_size].unbind(1)
+            visual = {k: None if v is None else v.to(device) for k, v in data.visual(v_idx).items()}
+            out = model(
+                **visual,
+                text_ids=data.text_ids[t_idx].to(device),
+                text_mask=data.text_mask[t_idx].to(device),
+                cross_attention_layers=cross_attention_layers,
+            )
+            scores[t_idx, v_idx] = out.matching_logits.float().cpu()
+    return scores
+
+
+def _shortlist_scores(coarse: Tensor, top: Tensor, fine: Tensor) -> Tensor:
+    """Scores ranking each text's shortlist (``top`` (N_t, k), re-scored ``fine``) above every
+    other video, which keeps its ``coarse`` order."""
+    coarse = coarse.double()
+    fine = fine.double()
+    span = float(coarse.abs().max()) + float(fine.abs().max()) + 1.0
+    final = coarse - 2 * span
+    final.scatter_(1, top, fine + 2 * span)
+    return final
+
+
+def evaluate_retrieval(
+    model: PerceiverVL,
+    data: RetrievalInputs | Any,
+    *,
+    tokenizer: Any = None,
+    modes: Sequence[str] = MODES,
+    rerank_k: int = 16,
+    batch_size: int = 64,
+    single_batch_size: int = 256,
+    single_candidates: int | None = None,
+    cross_attention_layers: Any = None,
+    precision: str = "32",
+    chunk_size: int = 1024,
+) -> dict[str, Any]:
+    """Text-to-video and video-to-text retrieval in each stream mode, with wall times.
+
+    Args:
+        model: the model (evaluated in eval mode on its current device).
+        data: :class:`RetrievalInputs`, or a data set (then ``tokenizer`` is needed).
+        modes: any of ``single``, ``multi``, ``mixed``, ``rerank``.
+        rerank_k: shortlist length of ``rerank`` (multi-stream top k, re-scored by mixed stream).
+        batch_size: encoding batch size; single_batch_size: pairs per single-stream forward.
+        single_candidates: score only the multi-stream top k pairs per text in ``single`` mode
+            (None = every pair, exact but texts x videos encodings).
+        cross_attention_layers: cross-attention blocks that run (None = the config's default).
+        precision: ``"32"`` or ``"bf16"`` (autocast).
+
+    Returns:
+        ``{mode: {t2v_r1, ..., v2t_meanr, "seconds": wall time, "pairs_scored": n}, ...,
+        "info": {num_texts, num_videos, encode_visual_seconds, encode_text_seconds}}``.
+    """
+    bad = sorted(set(modes) - set(MODES))
+    if bad or not modes:
+        raise ValueError(f"modes={list(modes)} has unknown entries {bad}; choose from {MODES}")
+    if rerank_k < 1:
+        raise ValueError(f"rerank_k must be >= 1, got {rerank_k}")
+    if not isinstance(data, RetrievalInputs):
+        if tokenizer is None:
+            raise ValueError("evaluating a data set needs tokenizer= (perceiver_vl.data.Tokenizer)")
+        data = load_retrieval_inputs(data, tokenizer, batch_size=batch_size)
+    was_training = model.training
+    model.eval()
+    owners = data.text_to_video
+    num_texts, num_visual = int(data.text_ids.shape[0]), data.num_visual
+    results: dict[str, Any] = {}
+    try:
+        need_latents = any(m in modes for m in ("multi", "mixed", "rerank")) or (
+            "single" in modes and single_candidates is not None
+        )
+        visual = text = None
+        encode_seconds = 0.0
+        info: dict[str, Any] = {"num_texts": num_texts, "num_videos": num_visual}
+        if need_latents:
+            visual, text, v_sec, t_sec = encode_all(
+                model,
+                data,
+                batch_size=batch_size,
+                cross_attention_layers=cross_attention_layers,
+                precision=precision,
+            )
+            encode_seconds = v_sec + t_sec
+            info.update(encode_visual_seconds=v_sec, encode_text_seconds=t_sec)
+        multi_scores = None
+        multi_seconds = 0.0
+        device = next(model.parameters()).device
+        with torch.no_grad(), _autocast(device, precision):
+            if (
+                visual is not None
+                and any(m in modes for m in ("multi", "rerank"))
+                or ("single" in modes and single_candidates is not None)
+            ):
+                start = time.perf_counter()
+                multi_scores = model.multi_stream_scores(visual, text).float().cpu()
+                multi_seconds = time.perf_counter() - start
+            for mode in modes:
+                start = time.perf_counter()
+                if mode == "multi":
+                    scores, pairs, extra = multi_scores, num_texts * num_visual, multi_seconds
+                elif mode == "mixed":
+                    scores = model.mixed_stream_scores(visual, text, chunk_size=chunk_size)
+                    scores, pairs, extra = scores.float().cpu(), num_texts * num_visual, 0.0
+                elif mode == "rerank":
+                    k = min(rerank_k, num_visual)
+                    top = multi_scores.topk(k, dim=1).indices
+                    rows = torch.arange(num_texts)[:, None].expand_as(top).reshape(-1)
+                    fine = []
+                    flat_top = top.reshape(-1)
+                    for s in range(0, rows.shape[0], chunk_size):
+                        fine.append(
+                            model.mixed_stream_logits(
+                                visual[flat_top[s : s + chunk_size]],
+                                text[rows[s : s + chunk_size]],
+                            )
+                            .float()
+                            .cpu()
+                        )
+                    fine_t = torch.cat(fine).view(num_texts, k)
+                    scores = _shortlist_scores(multi_scores, top, fine_t)
+                    pairs, extra = num_texts * k, multi_seconds
+                else:  # single
+                    candidates = None
+                    extra = 0.0
+                    if single_candidates is not None:
+                        k = min(single_candidates, num_visual)
+                        candidates = multi_scores.topk(k, dim=1).indices
+                        extra = multi_seconds
+                    fine_scores = single_stream_scores(
+                        model,
+                        data,
+                        batch_size=single_batch_size,
+                        candidates=candidates,
+                        cross_attention_layers=cross_attention_layers,
+                        precision=precision,
+                    )
+                    if candidates is not None:
+                        fine = fine_scores.gather(1, candidates)
+                        scores = _shortlist_scores(multi_scores, candidates, fine)
+                        pairs = num_texts * candidates.shape[1]
+                    else:
+                        scores, pairs = fine_scores, num_texts * num_visual
+                elapsed = time.perf_counter() - start
+                shared = encode_seconds if (mode != "single" or single_candidates) else 0.0
+                metrics = retrieval_metrics(scores, owners, chunk_size=chunk_size)
+                metrics["seconds"] = elapsed + extra + shared
+                metrics["pairs_scored"] = int(pairs)
+                results[mode] = metrics
+        results["info"] = info
+    finally:
+        model.train(was_training)
+    return results
+
+
+@torch.no_grad()
+def evaluate_qa(
+    model: PerceiverVL,
+    loader: Any,
+    *,
+    precision: str = "32",
+    cross_attention_layers: Any = None,
+) -> dict[str, float]:
+    """QA accuracy (``answer_index`` batches) and VQA score (``answer_scores``) over a loader of
+    collated batches; also the wall time in ``seconds``."""
+    if model.qa_head is None:
+        raise ValueError("the model has no QA head (config.num_answers=0); fine-tune it for QA")
+    from .module import visual_inputs
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    preds, indices, soft = [], [], []
+    start = time.perf_counter()
+    try:
+        with _autocast(device, precision):
+            for batch in loader:
+                if batch is None:
+                    continue
+                vis = {
+                    k: None if v is None else v.to(device) for k, v in visual_inputs(batch).items()
+                }
+                logits = model(
+                    **vis,
+                    text_ids=batch["text_ids"].to(device),
+                    text_mask=batch["text_mask"].to(device),
+                    cross_attention_layers=cross_attention_layers,
+                ).answer_logits
+                preds.append(logits.float().argmax(1).cpu())
+                if "answer_index" in batch:
+                    indices.append(batch["answer_index"])
+                if "answer_scores" in batch:
+                    soft.append(batch["answer_scores"])
+    finally:
+        model.train(was_training)
+    out: dict[str, float] = {"num_questions": float(sum(len(p) for p in preds))}
+    pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    if indices:
+        out["qa_acc"] = qa_accuracy(pred, torch.cat(indices))
+    if soft:
+        out["vqa_score"] = vqa_score(pred, torch.cat(soft))
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+__all__ = [
+    "MODES",
+    "RetrievalInputs",
+    "encode_all",
+    "evaluate_qa",
+    "evaluate_retrieval",
+    "load_retrieval_inputs",
+    "single_stream_scores",
+]

@@ -1,0 +1,629 @@
+"""LightningModule around :class:`~perceiver_vl.PerceiverVL`: objectives, optimisation, freezing,
+LayerDrop steps shared by every rank, and validation metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from perceiver_vl.metrics import qa_accuracy, retrieval_metrics, vqa_score
+from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
+
+from .objectives import (
+    contrastive_loss,
+    gather_no_grad,
+    matching_pairs,
+    retrieval_candidates,
+    text_keys,
+)
+
+OBJECTIVES = ("matching", "mlm", "contrastive", "retrieval", "qa")
+Trainable = Literal["all", "cross_attention", "cross_attention_and_heads", "heads"]
+
+_NO_DECAY = ("bias", "norm", "embed", "latents", "query", "queries", "logit_scale", "pos", "token")
+
+
+def visual_inputs(batch: dict[str, Any], index: Tensor | None = None) -> dict[str, Tensor]:
+    """The model's visual keyword arguments from a collated batch (``images=`` when every item
+    is a still image, else ``video=`` + ``video_mask=``), optionally re-indexed."""
+    if "images" in batch:
+        images = batch["images"]
+        return {"images": images if index is None else images[index]}
+    video, mask = batch["video"], batch.get("video_mask")
+    if index is not None:
+        video = video[index]
+        mask = None if mask is None else mask[index]
+    return {"video": video, "video_mask": mask}
+
+
+class PerceiverVLModule(pl.LightningModule):
+    """Trains and validates a Perceiver-VL model.
+
+    Args:
+        model: :class:`~perceiver_vl.PerceiverVLConfig` fields (ignored when ``pretrained``).
+        pretrained: a folder written by ``save_pretrained`` / ``perceiver-vl export`` to start
+            from; ``model`` entries still override ``dropout``, ``layerdrop``, ``num_answers``
+            and ``qa_loss`` (a new QA head is created when the answer count differs).
+        vit_weights: a ViT checkpoint to initialise from (see ``load_vit_weights``).
+        objectives: any of ``matching`` (vision-text matching, BCE, half of the pairs get another
+            sample's visual input), ``mlm`` (masked LM through decoder queries; with matching in
+            the same decoder call), ``contrastive`` (multi-stream symmetric InfoNCE, features
+            gathered across ranks), ``retrieval`` (cross-entropy over 1 positive + k negatives,
+            ``retrieval_stream``), ``qa`` (VQA soft-score BCE or MSRVTT-QA cross-entropy).
+        loss_weights: per objective multiplier (default 1).
+        matching_negative_fraction: share of matching pairs with another sample's visual input.
+        mlm_on_negatives: also compute masked LM on mismatched pairs (default: matched only).
+        retrieval_stream: ``mixed`` (encode each modality once, score with the decoder) or
+            ``single`` (joint encoding of every candidate pair).
+        retrieval_negatives: k negatives per query.
+        hard_negatives: negatives are the k hardest under the multi-stream similarity.
+        retrieval_directions: ``t2v``, ``v2t`` or both (queries are texts / videos).
+        optimizer: ``adamw`` or ``adam``; lr, weight_decay, betas, eps as usual (defaults:
+            the released code's AdamW 1e-4, betas (0.9, 0.98); weight decay 0.01 except
+            biases, norms, embeddings, latents, queries and the temperature).
+        head_lr_multiplier: learning-rate multiplier for a freshly created QA head.
+        warmup: linear warm-up, a fraction of the schedule (< 1) or a step count (>= 1).
+        schedule: after warm-up, ``linear`` decay to ``end_lr_ratio * lr``, ``cosine`` or
+            ``constant``.
+        max_schedule_steps: schedule length (default: the trainer's estimated optimiser steps).
+        effective_batch_size: accumulate gradients to reach this many samples per optimiser
+            step (over all devices); overrides ``trainer.accumulate_grad_batches``.
+        trainable: what trains at first: ``all``, ``cross_attention`` (the cross-attention
+            blocks alone, the paper's first stage), ``cross_attention_and_heads`` or ``heads``.
+        unfreeze_at_step: optimiser step from which everything trains (None = never).
+        eval_modes: retrieval modes computed at validation (``multi``, ``mixed``).
+        seed: seeds the objectives' sampling (negatives).
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        vit_weights: str | None = None,
+        objectives: Sequence[str] = ("matching", "mlm"),
+        loss_weights: dict[str, float] | None = None,
+        matching_negative_fraction: float = 0.5,
+        mlm_on_negatives: bool = False,
+        retrieval_stream: Literal["mixed", "single"] = "mixed",
+        retrieval_negatives: int = 7,
+        hard_negatives: bool = False,
+        retrieval_directions: Sequence[str] = ("t2v", "v2t"),
+        optimizer: Literal["adamw", "adam"] = "adamw",
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-8,
+        head_lr_multiplier: float = 1.0,
+        warmup: float = 0.1,
+        schedule: Literal["linear", "cosine", "constant"] = "linear",
+        end_lr_ratio: float = 0.0,
+        max_schedule_steps: int | None = None,
+        effective_batch_size: int | None = None,
+        trainable: Trainable = "all",
+        unfreeze_at_step: int | None = None,
+        eval_modes: Sequence[str] = ("multi", "mixed"),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        objectives = [str(o) for o in objectives]
+        bad = sorted(set(objectives) - set(OBJECTIVES))
+        if bad or not objectives:
+            raise ValueError(
+                f"model.objectives={objectives} has unknown entries {bad}; choose from "
+                f"{list(OBJECTIVES)}"
+            )
+        for name, value, allowed in (
+            ("retrieval_stream", retrieval_stream, ("mixed", "single")),
+            ("optimizer", optimizer, ("adamw", "adam")),
+            ("schedule", schedule, ("linear", "cosine", "constant")),
+            (
+                "trainable",
+                trainable,
+                ("all", "cross_attention", "cross_attention_and_heads", "heads"),
+            ),
+        ):
+            if value not in allowed:
+                raise ValueError(f"model.{name}={value!r} must be one of {list(allowed)}")
+        if set(retrieval_directions) - {"t2v", "v2t"} or not retrieval_directions:
+            raise ValueError(
+                f"model.retrieval_directions={list(retrieval_directions)} must be a non-empty "
+                "subset of ['t2v', 'v2t']"
+            )
+        if set(eval_modes) - {"multi", "mixed"}:
+            raise ValueError(
+                f"model.eval_modes={list(eval_modes)} must be a subset of ['multi', 'mixed'] "
+                "(single and rerank run in `perceiver-vl evaluate`)"
+            )
+        if warmup < 0:
+            raise ValueError(f"model.warmup must be >= 0 (fraction or steps), got {warmup}")
+        if effective_batch_size is not None and effective_batch_size < 1:
+            raise ValueError(f"model.effective_batch_size must be >= 1, got {effective_batch_size}")
+        self.save_hyperparameters()
+        self.objectives = objectives
+        self.model = self._build_model(model, pretrained, vit_weights)
+        if "qa" in objectives and self.model.qa_head is None:
+            raise ValueError(
+                "the 'qa' objective needs a QA head: set model.model.num_answers to the answer "
+                "vocabulary size (e.g. 3129 for VQAv2, 1500 for MSRVTT-QA)"
+            )
+        self.loss_weights = {o: 1.0 for o in OBJECTIVES} | dict(loss_weights or {})
+        self.layerdrop_log: list[tuple[int, tuple[int, ...]]] = []
+        self._val_store: dict[int, dict[str, list[Any]]] = {}
+        self._new_head_names: set[str] = set()
+
+    # ------------------------------------------------------------------ model construction
+    def _build_model(
+        self, fields: dict[str, Any] | None, pretrained: str | None, vit_weights: str | None
+    ) -> PerceiverVL:
+        fields = dict(fields or {})
+        if pretrained:
+            model = PerceiverVL.from_pretrained(pretrained)
+            overrides = {
+                k: fields[k]
+                for k in ("dropout", "attention_dropout", "layerdrop", "layerdrop_seed", "qa_loss")
+                if k in fields
+            }
+            if overrides:
+                model.config = model.config.replace(**overrides)
+                for module in model.modules():
+                    if isinstance(module, torch.nn.Dropout) and "dropout" in overrides:
+                        module.p = overrides["dropout"]
+            answers = fields.get("num_answers")
+            if answers is not None and answers != model.config.num_answers:
+                fresh = PerceiverVL(model.config.replace(num_answers=answers))
+                state = {k: v for k, v in model.state_dict().items() if not k.startswith("qa_head")}
+                fresh.load_state_dict(state, strict=False)
+                model = fresh
+            return model
+        config = PerceiverVLConfig.from_dict(fields)
+        model = PerceiverVL(config)
+        if vit_weights:
+            from perceiver_vl.model.weights import load_vit_weights
+
+            load_vit_weights(model, vit_weights)
+        return model
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "tokenizer"):
+            vocab = dm.tokenizer.vocab_size
+            if vocab > self.model.config.vocab_size:
+                raise ValueError(
+                    f"the tokenizer has {vocab} tokens but model.model.vocab_size="
+                    f"{self.model.config.vocab_size}; set model.model.vocab_size: {vocab}"
+                )
+            if dm.max_text_length > self.model.config.max_text_length:
+                raise ValueError(
+                    f"data.max_text_length={dm.max_text_length} exceeds model.model."
+                    f"max_text_length={self.model.config.max_text_length}; lower one of them"
+                )
+            if dm.num_frames > self.model.config.max_frames:
+                raise ValueError(
+                    f"data.num_frames={dm.num_frames} exceeds model.model.max_frames="
+                    f"{self.model.config.max_frames}"
+                )
+        if stage == "fit" and self.hparams.effective_batch_size and dm is not None:
+            per_step = dm.batch_size * max(1, self.trainer.world_size)
+            accumulate = max(1, math.ceil(self.hparams.effective_batch_size / per_step))
+            self.trainer.accumulate_grad_batches = accumulate
+
+    def on_train_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.current_epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["perceiver_vl_config"] = self.model.config.to_dict()
+
+    # ------------------------------------------------------------------ steps
+    def _layerdrop_step(self, batch_idx: int) -> int:
+        """One LayerDrop draw per micro-batch, identical on every rank and continued on resume."""
+        accumulate = max(1, int(getattr(self.trainer, "accumulate_grad_batches", 1) or 1))
+        return self.global_step * accumulate + batch_idx % accumulate
+
+    def _generator(self, step: int, salt: int = 0) -> torch.Generator:
+        rank = self.global_rank if self._trainer is not None else 0
+        return torch.Generator().manual_seed(
+            (self.hparams.seed * 1_000_003 + step * 7919 + rank * 104_729 + salt) % (2**63)
+        )
+
+    def _subbatches(self, batch: Any) -> list[tuple[str, dict[str, Any]]]:
+        if batch is None:
+            return []
+        if isinstance(batch, dict) and ("text_ids" in batch or "video" in batch):
+            return [("", batch)]
+        if isinstance(batch, dict):
+            return [(f"{name}/", b) for name, b in batch.items() if b is not None]
+        raise TypeError(f"unexpected batch type {type(batch).__name__}")
+
+    def compute_losses(
+        self, batch: dict[str, Any], layerdrop_step: int | None, generator: torch.Generator
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The weighted objectives of one collated batch -> (losses, logged statistics)."""
+        model, objectives = self.model, self.objectives
+        losses: dict[str, Tensor] = {}
+        stats: dict[str, Tensor] = {}
+        vis = visual_inputs(batch)
+        ids, mask = batch["text_ids"], batch.get("text_mask")
+        size = ids.shape[0]
+        keys = text_keys(batch["text"], ids.device) if "text" in batch else None
+        blocks = None
+
+        if "matching" in objectives or "mlm" in objectives:
+            matching_labels = None
+            index = None
+            if "matching" in objectives:
+                index, labels = matching_pairs(
+                    size,
+                    generator,
+                    keys=keys,
+                    negative_fraction=self.hparams.matching_negative_fraction,
+                )
+                index, matching_labels = index.to(ids.device), labels.to(ids.device)
+            mlm_labels = None
+            text_in = ids
+            if "mlm" in objectives:
+                if "mlm_labels" not in batch:
+                    raise ValueError(
+                        "the 'mlm' objective needs masked-LM inputs: set data.mlm_probability > 0"
+                    )
+                text_in, mlm_labels = batch["mlm_ids"], batch["mlm_labels"]
+                if matching_labels is not None and not self.hparams.mlm_on_negatives:
+                    mlm_labels = mlm_labels.masked_fill(matching_labels[:, None] == 0, -100)
+            out = model(
+                **visual_inputs(batch, index),
+                text_ids=text_in,
+                text_mask=mask,
+                mlm_labels=mlm_labels,
+                matching_labels=matching_labels,
+                layerdrop_step=layerdrop_step,
+            )
+            blocks = out.cross_attention_blocks
+            if out.matching_loss is not None:
+                losses["matching"] = out.matching_loss
+                pred = (out.matching_logits.detach() > 0).long()
+                stats["matching_acc"] = (pred == matching_labels).float().mean()
+            if out.mlm_loss is not None:
+                losses["mlm"] = out.mlm_loss
+                target = mlm_labels != -100
+                if bool(target.any()):
+                    hit = out.mlm_logits.detach().argmax(-1)[target] == mlm_labels[target]
+                    stats["mlm_acc"] = hit.float().mean()
+
+        if "contrastive" in objectives or "retrieval" in objectives:
+            need_latents = "contrastive" in objectives or self.hparams.retrieval_stream == "mixed"
+            need_latents = need_latents or self.hparams.hard_negatives
+            visual_latents = text_latents = None
+            if need_latents:
+                visual_latents = model.encode(**vis, layerdrop_step=layerdrop_step)
+                text_latents = model.encode(
+                    text_ids=ids, text_mask=mask, layerdrop_step=layerdrop_step
+                )
+            if "contrastive" in objectives:
+                loss, logits = contrastive_loss(
+                    model.embed(visual_latents, "visual"),
+                    model.embed(text_latents, "text"),
+                    model.contrastive_head.logit_scale,
+                    keys=keys,
+                )
+                losses["contrastive"] = loss
+                stats["temperature"] = 1.0 / model.contrastive_head.logit_scale.detach().exp()
+            if "retrieval" in objectives:
+                losses["retrieval"], stats["retrieval_acc"] = self._retrieval_loss(
+                    batch, vis, visual_latents, text_latents, keys, layerdrop_step, generator
+                )
+
+        if "qa" in objectives:
+            if model.config.qa_loss == "bce":
+                if "answer_scores" not in batch:
+                    raise ValueError("qa_loss='bce' needs batches with answer_scores (VQA data)")
+                targets = batch["answer_scores"]
+            else:
+                if "answer_index" not in batch:
+                    raise ValueError("qa_loss='ce' needs batches with answer_index (MSRVTT-QA)")
+                targets = batch["answer_index"].masked_fill(batch["answer_index"] < 0, -100)
+            out = model(
+                **vis,
+                text_ids=ids,
+                text_mask=mask,
+                answer_targets=targets,
+                layerdrop_step=layerdrop_step,
+            )
+            losses["qa"] = out.qa_loss
+            blocks = out.cross_attention_blocks
+            if model.config.qa_loss == "bce":
+                stats["vqa_score"] = torch.tensor(vqa_score(out.answer_logits.detach(), targets))
+            else:
+                stats["qa_acc"] = torch.tensor(qa_accuracy(out.answer_logits.detach(), targets))
+        if blocks is None:
+            blocks = model.select_cross_attention_blocks(None, layerdrop_step)
+        stats["_blocks"] = torch.tensor(blocks)
+        return losses, stats
+
+    def _retrieval_loss(
+        self,
+        batch: dict[str, Any],
+        vis: dict[str, Tensor],
+        visual_latents: Tensor | None,
+        text_latents: Tensor | None,
+        keys: Tensor | None,
+        layerdrop_step: int | None,
+        generator: torch.Generator,
+    ) -> tuple[Tensor, Tensor]:
+        model = self.model
+        ids, mask = batch["text_ids"], batch.get("text_mask")
+        size = ids.shape[0]
+        scores = None
+        if self.hparams.hard_negatives:
+            with torch.no_grad():
+                scores = model.multi_stream_scores(visual_latents, text_latents)  # (text, visual)
+        total, correct, count = 0.0, 0.0, 0
+        for direction in self.hparams.retrieval_directions:
+            direction_scores = (
+                None if scores is None else (scores if direction == "t2v" else scores.T)
+            )
+            cand = retrieval_candidates(
+                size,
+                self.hparams.retrieval_negatives,
+                generator,
+                scores=direction_scores,
+                keys=keys,
+            ).to(ids.device)
+            k1 = cand.shape[1]
+            query = torch.arange(size, device=ids.device)[:, None].expand(-1, k1).reshape(-1)
+            item = cand.reshape(-1)
+            v_idx, t_idx = (item, query) if direction == "t2v" else (query, item)
+            if self.hparams.retrieval_stream == "mixed":
+                logits = model.mixed_stream_logits(visual_latents[v_idx], text_latents[t_idx])
+            else:
+                out = model(
+                    **visual_inputs(batch, v_idx),
+                    text_ids=ids[t_idx],
+                    text_mask=None if mask is None else mask[t_idx],
+                    layerdrop_step=layerdrop_step,
+                )
+                logits = out.matching_logits
+            logits = logits.float().view(size, k1)
+            target = torch.zeros(size, dtype=torch.long, device=ids.device)
+            total = total + F.cross_entropy(logits, target)
+            correct += float((logits.detach().argmax(1) == 0).float().sum())
+            count += size
+        del vis
+        n = len(self.hparams.retrieval_directions)
+        return total / n, torch.tensor(correct / max(count, 1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        step = self._layerdrop_step(batch_idx)
+        generator = self._generator(step)
+        parts = self._subbatches(batch)
+        total: Tensor | None = None
+        for salt, (prefix, sub) in enumerate(parts):
+            if salt:
+                generator = self._generator(step, salt)
+            losses, stats = self.compute_losses(sub, step, generator)
+            blocks = tuple(int(b) for b in stats.pop("_blocks").tolist())
+            if salt == 0:
+                self.layerdrop_log.append((step, blocks))
+            for name, loss in losses.items():
+                weighted = self.loss_weights.get(name, 1.0) * loss
+                total = weighted if total is None else total + weighted
+                self.log(f"train/{prefix}{name}_loss", loss.detach(), batch_size=_bs(sub))
+            for name, value in stats.items():
+                self.log(f"train/{prefix}{name}", value.float(), batch_size=_bs(sub))
+        if total is None:  # every sample of the batch failed to load: a zero step
+            total = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=self._batch_size(parts))
+        return total
+
+    @staticmethod
+    def _batch_size(parts: list[tuple[str, dict[str, Any]]]) -> int:
+        return max(1, sum(_bs(b) for _, b in parts))
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: Any, batch_idx: int, dataloader_idx: int, stage: str) -> None:
+        if batch is None:
+            return
+        generator = self._generator(batch_idx, salt=1000 + dataloader_idx)
+        losses, stats = self.compute_losses(batch, None, generator)
+        stats.pop("_blocks", None)
+        suffix = "" if dataloader_idx == 0 else f"_{dataloader_idx}"
+        bs = _bs(batch)
+        if losses:
+            total = sum(self.loss_weights.get(k, 1.0) * v for k, v in losses.items())
+            self.log(f"{stage}/loss{suffix}", total, batch_size=bs, add_dataloader_idx=False)
+        for name, loss in losses.items():
+            self.log(f"{stage}/{name}_loss{suffix}", loss, batch_size=bs, add_dataloader_idx=False)
+        store = self._val_store.setdefault(dataloader_idx, {})
+        model = self.model
+        if "qa" in self.objectives:
+            with torch.no_grad():
+                logits = model(
+                    **visual_inputs(batch), text_ids=batch["text_ids"], text_mask=batch["text_mask"]
+                ).answer_logits
+            store.setdefault("pred", []).append(logits.argmax(1))
+            if "answer_scores" in batch:
+                store.setdefault("scores", []).append(batch["answer_scores"])
+            if "answer_index" in batch:
+                store.setdefault("answer", []).append(batch["answer_index"])
+            return
+        if self.hparams.eval_modes and "text_ids" in batch:
+            with torch.no_grad():
+                store.setdefault("visual", []).append(model.encode(**visual_inputs(batch)))
+                store.setdefault("text", []).append(
+                    model.encode(text_ids=batch["text_ids"], text_mask=batch.get("text_mask"))
+                )
+            index = batch.get("index")
+            if not isinstance(index, Tensor):
+                index = torch.arange(batch["text_ids"].shape[0]) + 1_000_000 * batch_idx
+            store.setdefault("index", []).append(index.to(self.device))
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        for dataloader_idx, store in sorted(self._val_store.items()):
+            suffix = "" if dataloader_idx == 0 else f"_{dataloader_idx}"
+            if "pred" in store:
+                pred = gather_no_grad(torch.cat(store["pred"]))
+                if "scores" in store:
+                    scores = gather_no_grad(torch.cat(store["scores"]).float())
+                    self.log(f"{stage}/vqa_score{suffix}", vqa_score(pred, scores), sync_dist=False)
+                if "answer" in store:
+                    answer = gather_no_grad(torch.cat(store["answer"]))
+                    self.log(f"{stage}/qa_acc{suffix}", qa_accuracy(pred, answer), sync_dist=False)
+                continue
+            if "visual" not in store:
+                continue
+            visual = gather_no_grad(torch.cat(store["visual"]))
+            text = gather_no_grad(torch.cat(store["text"]))
+            index = gather_no_grad(torch.cat(store["index"]))
+            # the distributed sampler pads with repeated samples: keep each index once
+            order = torch.argsort(index, stable=True)
+            first = torch.ones_like(order, dtype=torch.bool)
+            first[1:] = index[order][1:] != index[order][:-1]
+            keep = order[first]
+            visual, text = visual[keep], text[keep]
+            results = self._retrieval_eval(visual, text)
+            for mode, metrics in results.items():
+                for name, value in metrics.items():
+                    self.log(f"{stage}/{mode}_{name}{suffix}", value, sync_dist=False)
+        self._val_store = {}
+
+    @torch.no_grad()
+    def _retrieval_eval(self, visual: Tensor, text: Tensor) -> dict[str, dict[str, float]]:
+        """Retrieval metrics of aligned (visual i, text i) latents, text rows sharded by rank."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        rank = self.global_rank if self._trainer is not None else 0
+        rows = torch.arange(text.shape[0], device=text.device)[rank::world]
+        out = {}
+        for mode in self.hparams.eval_modes:
+            if mode == "multi":
+                sim = self.model.multi_stream_scores(visual, text[rows])
+            else:
+                sim = self.model.mixed_stream_scores(visual, text[rows])
+            out[mode] = retrieval_metrics(
+                sim.float(), rows.cpu(), distributed=world > 1 and text.shape[0] > 0
+            )
+        return out
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, batch_idx, dataloader_idx, "val")
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, batch_idx, dataloader_idx, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_store = {}
+
+    def on_test_epoch_start(self) -> None:
+        self._val_store = {}
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ------------------------------------------------------------------ optimisation
+    def _trainable_now(self, name: str) -> bool:
+        mode = self.hparams.trainable
+        unfreeze = self.hparams.unfreeze_at_step
+        if mode == "all" or (unfreeze is not None and self.global_step >= unfreeze):
+            return True
+        is_cross = name.startswith("model.encoder.cross_attention_blocks")
+        is_head = name.startswith(
+            ("model.matching_head", "model.mlm_head", "model.contrastive_head", "model.qa_head")
+        )
+        if mode == "cross_attention":
+            return is_cross
+        if mode == "cross_attention_and_heads":
+            return is_cross or is_head
+        return is_head
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Freezing: drop the gradients of parameters outside the trainable set (the optimiser
+        then skips them; ``requires_grad`` stays on so DDP's reducer is unchanged on unfreeze)."""
+        if self.hparams.trainable == "all":
+            return
+        for name, param in self.named_parameters():
+            if param.grad is not None and not self._trainable_now(name):
+                param.grad = None
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        decay, no_decay, head = [], [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            if hp.head_lr_multiplier != 1.0 and name.startswith("model.qa_head"):
+                head.append(param)
+            elif param.dim() < 2 or any(tag in name.lower() for tag in _NO_DECAY):
+                no_decay.append(param)
+            else:
+                decay.append(param)
+        groups = [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if head:
+            groups.append(
+                {
+                    "params": head,
+                    "weight_decay": hp.weight_decay,
+                    "lr": hp.lr * hp.head_lr_multiplier,
+                }
+            )
+        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        optimizer = cls(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        total = hp.max_schedule_steps
+        if total is None:
+            try:
+                total = int(self.trainer.estimated_stepping_batches)
+            except Exception:  # no trainer/infinite loader: a constant schedule after warm-up
+                total = 0
+            if not math.isfinite(total) or total <= 0:
+                total = 0
+        warmup = hp.warmup if hp.warmup >= 1 else hp.warmup * total
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda=lr_lambda(int(warmup), total, hp.schedule, hp.end_lr_ratio)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+
+class _LRLambda:
+    """Picklable LR multiplier: linear warm-up to 1, then linear/cosine decay or constant."""
+
+    def __init__(self, warmup: int, total: int, schedule: str, end_ratio: float) -> None:
+        self.warmup, self.total, self.schedule, self.end_ratio = warmup, total, schedule, end_ratio
+
+    def __call__(self, step: int) -> float:
+        if self.warmup > 0 and step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.schedule == "constant" or self.total <= self.warmup:
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        if self.schedule == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            factor = 1.0 - progress
+        return self.end_ratio + (1.0 - self.end_ratio) * factor
+
+
+def lr_lambda(warmup: int, total: int, schedule: str, end_ratio: float) -> _LRLambda:
+    """The learning-rate multiplier of optimiser step ``step`` (see :class:`_LRLambda`)."""
+    return _LRLambda(warmup, total, schedule, end_ratio)
+
+
+def _bs(batch: dict[str, Any]) -> int:
+    ids = batch.get("text_ids")
+    return int(ids.shape[0]) if isinstance(ids, Tensor) else 1
+
+
+__all__ = ["OBJECTIVES", "PerceiverVLModule", "lr_lambda", "visual_inputs"]

@@ -1,0 +1,216 @@
+"""Training objectives that compose the model's outputs (Lightning-free, usable on their own).
+
+* vision-text matching negatives: half of the pairs get another sample's visual input;
+* symmetric InfoNCE over multi-stream embeddings, features gathered across ranks with gradient;
+* retrieval candidates: 1 positive + k negatives per query, random or hardest under a similarity.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def text_keys(texts: Sequence[str], device: torch.device | str = "cpu") -> Tensor:
+    """(B,) int64 key per caption, equal for equal (whitespace/case-normalised) captions.
+
+    Used to avoid false negatives when a batch holds the same caption twice."""
+    keys = [zlib.crc32(" ".join(t.lower().split()).encode("utf-8")) for t in texts]
+    return torch.tensor(keys, dtype=torch.long, device=device)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather rows of every rank (different row counts allowed); the backward sums the
+    gradient of the gathered tensor over ranks and returns this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        dist = torch.distributed
+        world = dist.get_world_size()
+        size = torch.tensor([x.shape[0]], device=x.device)
+        sizes = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size)
+        counts = [int(s) for s in sizes]
+        longest = max(counts)
+        padded = x.new_zeros((longest, *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.zeros_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        rank = dist.get_rank()
+        ctx.start = sum(counts[:rank])
+        ctx.stop = ctx.start + counts[rank]
+        return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor]:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)
+        return (grad[ctx.start : ctx.stop],)
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Rows of ``x`` from every data-parallel rank, concatenated in rank order, differentiable.
+
+    The identity when torch.distributed is not initialised. Works with gloo (no reduce-scatter)."""
+    if not _dist_ready() or torch.distributed.get_world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def gather_no_grad(x: Tensor) -> Tensor:
+    """Like :func:`gather_with_grad` without gradient (labels, keys, indices)."""
+    if not _dist_ready() or torch.distributed.get_world_size() == 1:
+        return x
+    with torch.no_grad():
+        return _GatherWithGrad.apply(x.detach())
+
+
+def contrastive_loss(
+    visual: Tensor,
+    text: Tensor,
+    logit_scale: Tensor,
+    *,
+    keys: Tensor | None = None,
+    gather: bool = True,
+    max_scale: float = 100.0,
+) -> tuple[Tensor, Tensor]:
+    """Symmetric InfoNCE between unit visual and text embeddings with a learnable temperature.
+
+    Args:
+        visual, text: (B, E) unit vectors of aligned pairs (row i of each belongs together).
+        logit_scale: the learnable log(1 / temperature) (``model.contrastive_head.logit_scale``);
+            its exponential is clamped to ``max_scale`` as in CLIP.
+        keys: (B,) caption keys (:func:`text_keys`); pairs with equal keys are all positives
+            (soft targets), so duplicate captions are not pushed apart.
+        gather: use the features of all ranks as negatives (gradient flows back to each rank).
+
+    Returns:
+        (loss, logits) with logits (B_global, B_global) text x visual.
+    """
+    if visual.shape != text.shape or visual.dim() != 2:
+        raise ValueError(
+            f"visual {tuple(visual.shape)} and text {tuple(text.shape)} embeddings must both be "
+            "(B, E) for aligned pairs"
+        )
+    if gather:
+        visual, text = gather_with_grad(visual), gather_with_grad(text)
+        if keys is not None:
+            keys = gather_no_grad(keys)
+    scale = logit_scale.float().exp().clamp(max=max_scale)
+    logits = scale * text.float() @ visual.float().T  # (texts, visual)
+    n = logits.shape[0]
+    if keys is None:
+        target = torch.arange(n, device=logits.device)
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    else:
+        same = (keys[:, None] == keys[None, :]).float()
+        soft = same / same.sum(dim=1, keepdim=True)
+        loss = (
+            -(soft * logits.log_softmax(dim=1)).sum(dim=1).mean()
+            - (soft * logits.T.log_softmax(dim=1)).sum(dim=1).mean()
+        ) / 2
+    return loss, logits
+
+
+def matching_pairs(
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    keys: Tensor | None = None,
+    negative_fraction: float = 0.5,
+) -> tuple[Tensor, Tensor]:
+    """Visual index and label for every text of a batch (vision-text matching).
+
+    ``round(negative_fraction * B)`` randomly chosen texts get another sample's visual input
+    (label 0); the rest keep their own (label 1). A negative whose partner has the same caption
+    key is relabelled 1 (it does match).
+
+    Returns:
+        visual_index (B,) long, labels (B,) long.
+    """
+    if batch_size < 2:
+        return torch.zeros(batch_size, dtype=torch.long), torch.ones(batch_size, dtype=torch.long)
+    order = torch.randperm(batch_size, generator=generator)
+    partner = torch.empty(batch_size, dtype=torch.long)
+    partner[order] = order.roll(1)  # one cycle: no sample is its own partner
+    num_negative = int(round(negative_fraction * batch_size))
+    negative = torch.zeros(batch_size, dtype=torch.bool)
+    negative[torch.randperm(batch_size, generator=generator)[:num_negative]] = True
+    index = torch.where(negative, partner, torch.arange(batch_size))
+    labels = (~negative).long()
+    if keys is not None:
+        keys = keys.cpu()
+        labels = torch.where(keys[index] == keys, torch.ones_like(labels), labels)
+    return index, labels
+
+
+def retrieval_candidates(
+    batch_size: int,
+    num_negatives: int,
+    generator: torch.Generator,
+    *,
+    scores: Tensor | None = None,
+    keys: Tensor | None = None,
+) -> Tensor:
+    """(B, 1 + k) candidate indices per query: column 0 is the positive (the query's own item),
+    then k negatives drawn from the other items of the batch.
+
+    Negatives are random, or the k highest-scoring under ``scores`` (B, B) (query x item, e.g.
+    the multi-stream similarity) when given. Items with the query's caption key are never
+    negatives. With fewer valid items than k, negatives repeat (sampled with replacement).
+    """
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    if batch_size < 2:
+        raise ValueError(
+            f"retrieval fine-tuning needs at least 2 samples per batch for negatives, got "
+            f"{batch_size}; raise data.batch_size"
+        )
+    valid = ~torch.eye(batch_size, dtype=torch.bool)
+    if keys is not None:
+        keys = keys.cpu()
+        valid &= keys[:, None] != keys[None, :]
+    # rows with no valid negative fall back to "any other item"
+    empty = ~valid.any(dim=1)
+    valid[empty] = ~torch.eye(batch_size, dtype=torch.bool)[empty]
+    if scores is not None:
+        ranked = scores.detach().float().cpu().masked_fill(~valid, float("-inf"))
+        k = min(num_negatives, batch_size - 1)
+        top = ranked.topk(k, dim=1).indices
+        # a -inf pick (fewer valid than k) is replaced by a random valid item
+        picked_valid = valid.gather(1, top)
+        if not bool(picked_valid.all()):
+            random = torch.multinomial(valid.float(), k, replacement=True, generator=generator)
+            top = torch.where(picked_valid, top, random)
+        negatives = top
+        if k < num_negatives:
+            extra = torch.multinomial(
+                valid.float(), num_negatives - k, replacement=True, generator=generator
+            )
+            negatives = torch.cat([negatives, extra], dim=1)
+    else:
+        counts = valid.sum(dim=1)
+        replace = bool((counts < num_negatives).any())
+        negatives = torch.multinomial(
+            valid.float(), num_negatives, replacement=replace, generator=generator
+        )
+    positives = torch.arange(batch_size)[:, None]
+    return torch.cat([positives, negatives], dim=1)
+
+
+__all__ = [
+    "contrastive_loss",
+    "gather_no_grad",
+    "gather_with_grad",
+    "matching_pairs",
+    "retrieval_candidates",
+    "text_keys",
+]

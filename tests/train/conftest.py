@@ -1,0 +1,87 @@
+"""Shared fixtures: one tiny synthetic benchmark per session and a tiny fit config."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TINY_MODEL = {
+    "hidden_size": 32,
+    "num_heads": 2,
+    "num_self_attention_layers": 4,
+    "cross_attention_before_layers": [0, 2],
+    "num_latents": 8,
+    "patch_size": 16,
+    "image_size": 32,
+    "max_frames": 4,
+    "max_text_length": 16,
+    "contrastive_dim": 16,
+    "dropout": 0.0,
+    "layerdrop": 0.5,
+}
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from perceiver_vl.data.synthetic import generate_benchmark
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_benchmark(
+        root,
+        num_train=32,
+        num_val=8,
+        num_test=8,
+        frames=(2, 3),
+        size=32,
+        seed=0,
+        workers=1,
+        progress=False,
+    )
+    return root
+
+
+def tiny_config(root: Path, run_dir: Path, **trainer: Any) -> dict[str, Any]:
+    config = {
+        "seed_everything": 0,
+        "model": {
+            "model": copy.deepcopy(TINY_MODEL),
+            "objectives": ["matching", "mlm", "contrastive"],
+            "lr": 2e-3,
+            "warmup": 2,
+            "schedule": "constant",
+        },
+        "data": {
+            "train": {"kind": "synthetic", "root": str(root), "split": "train"},
+            "val": {"kind": "synthetic", "root": str(root), "split": "val"},
+            "test": {"kind": "synthetic", "root": str(root), "split": "test"},
+            "batch_size": 8,
+            "num_workers": 0,
+            "num_frames": 3,
+            "image_size": 32,
+            "max_text_length": 16,
+            "mlm_probability": 0.15,
+        },
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 4,
+            "limit_val_batches": 0,
+            "log_every_n_steps": 1,
+            "enable_model_summary": False,
+            "default_root_dir": str(run_dir),
+            **trainer,
+        },
+        "checkpoint": {"every_n_train_steps": 2},
+    }
+    return config
+
+
+@pytest.fixture()
+def make_config(synthetic_root: Path, tmp_path: Path):
+    def make(**trainer: Any) -> dict[str, Any]:
+        return tiny_config(synthetic_root, tmp_path / "run", **trainer)
+
+    return make

@@ -1,0 +1,136 @@
+"""Objective helpers, the LR schedule, and the module's objectives on one batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from perceiver_vl.train.module import PerceiverVLModule, lr_lambda
+from perceiver_vl.train.objectives import (
+    contrastive_loss,
+    matching_pairs,
+    retrieval_candidates,
+    text_keys,
+)
+
+from .conftest import TINY_MODEL
+
+
+def test_matching_pairs_half_negative_never_self():
+    g = torch.Generator().manual_seed(0)
+    index, labels = matching_pairs(10, g)
+    assert int((labels == 0).sum()) == 5
+    neg = labels == 0
+    assert bool((index[neg] != torch.arange(10)[neg]).all())
+    assert bool((index[~neg] == torch.arange(10)[~neg]).all())
+
+
+def test_matching_pairs_same_caption_is_a_match():
+    g = torch.Generator().manual_seed(0)
+    keys = text_keys(["a red ball"] * 6)
+    _, labels = matching_pairs(6, g, keys=keys)
+    assert bool((labels == 1).all())
+
+
+def test_retrieval_candidates_random_and_hard():
+    g = torch.Generator().manual_seed(0)
+    keys = text_keys(["a", "b", "a", "c", "d", "e"])
+    cand = retrieval_candidates(6, 3, g, keys=keys)
+    assert cand.shape == (6, 4) and bool((cand[:, 0] == torch.arange(6)).all())
+    assert 2 not in cand[0, 1:].tolist() and 0 not in cand[2, 1:].tolist()
+    for row in range(6):
+        assert row not in cand[row, 1:].tolist()
+    scores = torch.arange(36, dtype=torch.float).view(6, 6)  # item 5 hardest, then 4, ...
+    hard = retrieval_candidates(6, 2, g, scores=scores)
+    assert hard[0, 1:].tolist() == [5, 4] and hard[5, 1:].tolist() == [4, 3]
+
+
+def test_contrastive_loss_symmetric_and_duplicate_aware():
+    v = torch.nn.functional.normalize(torch.eye(4), dim=1)
+    scale = torch.tensor(math.log(10.0))
+    loss, logits = contrastive_loss(v, v, scale)
+    assert logits.shape == (4, 4)
+    expected = torch.nn.functional.cross_entropy(10 * torch.eye(4), torch.arange(4))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # distinct keys: the plain loss; two equal captions: each of their videos is half a positive
+    distinct, _ = contrastive_loss(v, v, scale, keys=torch.tensor([1, 2, 3, 4]))
+    assert distinct.item() == pytest.approx(loss.item(), rel=1e-6)
+    dup, logits = contrastive_loss(v, v, scale, keys=torch.tensor([1, 1, 2, 3]))
+    logp = logits.log_softmax(dim=1)
+    row0 = -(logp[0, 0] + logp[0, 1]) / 2  # text 0's targets: videos 0 and 1, half each
+    rows = torch.stack([row0, row0, -logp[2, 2], -logp[3, 3]])
+    assert dup.item() == pytest.approx(rows.mean().item(), rel=1e-5)  # symmetric logits
+
+
+def test_lr_schedule_warmup_then_linear_decay():
+    f = lr_lambda(4, 12, "linear", 0.0)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(8) == pytest.approx(0.5) and f(12) == 0.0
+    assert lr_lambda(0, 10, "cosine", 0.1)(10) == pytest.approx(0.1)
+    assert lr_lambda(2, 10, "constant", 0.0)(9) == 1.0
+
+
+def _batch(n=4, frames=2):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (n, 8), generator=g)
+    labels = torch.full_like(ids, -100)
+    labels[:, 2] = ids[:, 2]
+    mlm_ids = ids.clone()
+    mlm_ids[:, 2] = 103
+    return {
+        "video": torch.rand(n, frames, 3, 32, 32, generator=g) * 2 - 1,
+        "video_mask": torch.ones(n, frames, dtype=torch.bool),
+        "text_ids": ids,
+        "text_mask": torch.ones_like(ids, dtype=torch.bool),
+        "mlm_ids": mlm_ids,
+        "mlm_labels": labels,
+        "text": [f"caption {i}" for i in range(n)],
+    }
+
+
+@pytest.mark.parametrize(
+    ("objectives", "extra"),
+    [
+        (["matching", "mlm"], {}),
+        (["contrastive", "retrieval"], {"retrieval_stream": "mixed", "hard_negatives": True}),
+        (["retrieval"], {"retrieval_stream": "single", "retrieval_negatives": 2}),
+    ],
+)
+def test_module_objectives_give_finite_losses_and_gradients(objectives, extra):
+    module = PerceiverVLModule(model=dict(TINY_MODEL), objectives=objectives, **extra)
+    losses, stats = module.compute_losses(_batch(), 3, torch.Generator().manual_seed(0))
+    assert set(losses) == set(objectives)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_module_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="objectives"):
+        PerceiverVLModule(model=dict(TINY_MODEL), objectives=["nope"])
+    with pytest.raises(ValueError, match="num_answers"):
+        PerceiverVLModule(model=dict(TINY_MODEL), objectives=["qa"])
+
+
+def test_qa_objective_soft_scores():
+    model = dict(TINY_MODEL, num_answers=5, qa_loss="bce")
+    module = PerceiverVLModule(model=model, objectives=["qa"])
+    batch = _batch()
+    batch["answer_scores"] = torch.zeros(4, 5)
+    batch["answer_scores"][:, 1] = 1.0
+    losses, stats = module.compute_losses(batch, 0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(losses["qa"]) and "vqa_score" in stats
+
+
+def test_freezing_drops_gradients_outside_cross_attention():
+    module = PerceiverVLModule(
+        model=dict(TINY_MODEL), trainable="cross_attention", unfreeze_at_step=None
+    )
+    losses, _ = module.compute_losses(_batch(), 0, torch.Generator().manual_seed(0))
+    sum(losses.values()).backward()
+    module.on_before_optimizer_step(None)
+    names = [n for n, p in module.named_parameters() if p.grad is not None]
+    assert names and all(n.startswith("model.encoder.cross_attention_blocks") for n in names)

@@ -166,7 +166,28 @@ def single_stream_scores(
     device = next(model.parameters()).device
     num_texts = data.text_ids.shape[0]
     if candidates is None:
-        pairs = torch.cartesian_prod(torch.arange(num_texts), torch.arange(data.num_visual))
+        # Every pair: the model's exact fast path (each item embedded and projected once).
+        from perceiver_vl.model.streams import single_stream_scores as all_pairs
+
+        columns = []
+        with _autocast(device, precision):
+            for start in range(0, data.num_visual, batch_size):
+                index = torch.arange(start, min(start + batch_size, data.num_visual))
+                visual = {
+                    k: None if v is None else v.to(device) for k, v in data.visual(index).items()
+                }
+                columns.append(
+                    all_pairs(
+                        model,
+                        **visual,
+                        text_ids=data.text_ids.to(device),
+                        text_mask=data.text_mask.to(device),
+                        cross_attention_layers=cross_attention_layers,
+                    )
+                    .float()
+                    .cpu()
+                )
+        return torch.cat(columns, dim=1)
     else:
         rows = torch.arange(num_texts)[:, None].expand_as(candidates)
         pairs = torch.stack([rows.reshape(-1), candidates.reshape(-1).cpu()], dim=1)

@@ -187,7 +187,24 @@ class PerceiverVLDataModule(pl.LightningDataModule):
             synthetic.generate_image_benchmark(root, **options)
 
     def build_dataset(self, spec: dict[str, Any], stage: str) -> tuple[str, Dataset]:
-        """Instantiate one spec for ``stage`` ("train", "val" or "test")."""
+        """Instantiate one spec for ``stage`` ("train", "val" or "test").
+
+        ``cache: true`` in a spec decodes the data set once into memory
+        (:class:`~perceiver_vl.data.CachedClips`), for small data sets that are cheaper to
+        train on than to decode.
+        """
+        spec = dict(spec)
+        cache = bool(spec.pop("cache", False))
+        name, dataset = self._build_dataset(spec, stage)
+        if cache and not isinstance(dataset, IterableDataset):
+            from perceiver_vl.data import CachedClips
+
+            dataset = CachedClips(
+                dataset, num_workers=self.num_workers, description=f"decoding {name}"
+            )
+        return name, dataset
+
+    def _build_dataset(self, spec: dict[str, Any], stage: str) -> tuple[str, Dataset]:
         original, spec = spec, dict(spec)
         kind = spec.pop("kind", None)
         class_path = spec.pop("class_path", None) or DATASET_KINDS.get(kind or "")

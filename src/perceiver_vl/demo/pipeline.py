@@ -1,0 +1,407 @@
+"""The main job, end to end: generate -> pretrain -> fine-tune -> evaluate -> measure -> report.
+
+Every stage uses the project's own parts: the synthetic benchmark generator and video decoding
+(``data``), the Lightning engine (``train``), the stream scorers and metrics (``model``,
+``metrics``), the joint-transformer baseline and FLOP counting (``bench``) and the search index
+(``retrieval``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from perceiver_vl.data import CachedClips, CaptionDataset, Tokenizer
+from perceiver_vl.data.synthetic import generate_benchmark
+from perceiver_vl.model import PerceiverVL
+
+from .recipe import DemoSettings
+
+MODES = ("single", "multi", "mixed", "rerank")
+
+
+@dataclass
+class StageClock:
+    """Wall time per stage, printed as the demo goes."""
+
+    log: Callable[[str], None]
+    seconds: dict[str, float] = field(default_factory=dict)
+    _start: float = field(default_factory=time.perf_counter)
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        self.log(f"[{time.perf_counter() - self._start:6.1f}s] {name} ...")
+        t0 = time.perf_counter()
+        result = fn()
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        self.log(
+            f"[{time.perf_counter() - self._start:6.1f}s] {name}: done in {self.seconds[name]:.1f}s"
+        )
+        return result
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self._start
+
+
+def machine_description() -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+def _trainer(out: Path, stage: str, steps: int, progress: bool):
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        precision="bf16-mixed",
+        gradient_clip_val=1.0,
+        logger=CSVLogger(str(out / "logs"), name=stage, version=""),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=10,
+        default_root_dir=str(out),
+    )
+
+
+def _train_stage(
+    module: Any, datamodule: Any, out: Path, stage: str, steps: int, progress: bool
+) -> dict[str, float]:
+    trainer = _trainer(out, stage, steps, progress)
+    trainer.fit(module, datamodule=datamodule)
+    metrics: dict[str, float] = {}
+    for key, value in trainer.callback_metrics.items():
+        try:
+            metrics[key] = round(float(value), 4)
+        except (TypeError, ValueError):
+            continue
+    return metrics
+
+
+def _loss_curve(out: Path, stage: str) -> list[dict[str, float]]:
+    """The CSV logger's training-loss rows of a stage."""
+    import csv
+
+    path = out / "logs" / stage / "metrics.csv"
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open() as fh:
+        for row in csv.DictReader(fh):
+            loss = row.get("train/loss") or row.get("train_loss") or row.get("loss")
+            if loss:
+                rows.append({"step": int(row.get("step") or 0), "loss": float(loss)})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation helpers
+# ----------------------------------------------------------------------------------------------
+def _retrieval_inputs(test: CachedClips, tokenizer: Tokenizer):
+    from perceiver_vl.train.evaluation import RetrievalInputs
+
+    items = [test[i] for i in range(len(test))]
+    video = torch.stack([it["video"] for it in items])
+    video_mask = torch.stack([it["video_mask"] for it in items])
+    ids, mask = tokenizer([it["text"] for it in items])
+    return RetrievalInputs(
+        ids, mask, torch.arange(len(items)), video=video, video_mask=video_mask
+    ), [it["text"] for it in items]
+
+
+def _subset(data: Any, n: int):
+    from perceiver_vl.train.evaluation import RetrievalInputs
+
+    return RetrievalInputs(
+        data.text_ids[:n],
+        data.text_mask[:n],
+        data.text_to_video[:n],
+        video=data.video[:n],
+        video_mask=data.video_mask[:n],
+    )
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _pair_latency_ms(model: PerceiverVL, data: Any, blocks: Any, repeats: int) -> float:
+    """Single-stream forward of one (video, caption) pair, batch 1, bf16 autocast."""
+    video, vmask = data.video[:1], data.video_mask[:1]
+    ids, mask = data.text_ids[:1], data.text_mask[:1]
+
+    def call() -> None:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(
+                video=video,
+                video_mask=vmask,
+                text_ids=ids,
+                text_mask=mask,
+                cross_attention_layers=blocks,
+            )
+
+    return _median_ms(call, repeats)
+
+
+def _efficiency(settings: DemoSettings, progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    """GFLOPs and batch-1 fp32 latency of Perceiver-VL (paper-size model) and the joint baseline."""
+    from perceiver_vl.bench import efficiency_rows
+
+    return efficiency_rows(
+        frames=settings.efficiency_frames,
+        image_size=settings.efficiency_image_size,
+        repeats=settings.latency_repeats,
+        progress=progress,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The job
+# ----------------------------------------------------------------------------------------------
+def run_demo(
+    out_dir: str | os.PathLike = "runs/demo",
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    settings: DemoSettings | None = None,
+    progress: bool = True,
+    build_index: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the main job and return its metrics (also written to ``out_dir/metrics.json``)."""
+    import lightning.pytorch as pl
+
+    from perceiver_vl.train.datamodule import PerceiverVLDataModule
+    from perceiver_vl.train.evaluation import evaluate_retrieval
+    from perceiver_vl.train.module import PerceiverVLModule
+
+    from .report import write_report
+
+    settings = settings or (DemoSettings.quick() if quick else DemoSettings.full())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_root = out / "data"
+    clock = StageClock(log)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    text_length = settings.model["max_text_length"]
+
+    # 1. data ---------------------------------------------------------------------------------
+    clock.run(
+        "generate the synthetic benchmark",
+        lambda: generate_benchmark(
+            data_root,
+            num_train=settings.num_train,
+            num_val=settings.num_val,
+            num_test=settings.num_test,
+            frames=settings.frames,
+            size=settings.size,
+            seed=seed,
+            progress=progress,
+        ),
+    )
+    datamodule = PerceiverVLDataModule(
+        train={"kind": "synthetic", "root": str(data_root), "split": "train", "cache": True},
+        batch_size=settings.batch_size,
+        num_workers=2,
+        num_frames=settings.clip_frames,
+        image_size=settings.size,
+        max_text_length=text_length,
+        mlm_probability=0.15,
+        seed=seed,
+    )
+    clock.run("decode the training clips once", lambda: datamodule.setup("fit"))
+    datamodule.num_workers = 1  # cached clips: one worker keeps batches ready, one core trains
+
+    # 2. pretraining: matching + masked LM, LayerDrop ------------------------------------------
+    pretrain = PerceiverVLModule(
+        model=dict(settings.model),
+        objectives=["matching", "mlm"],
+        lr=settings.pretrain_lr,
+        warmup=0.1,
+        seed=seed,
+    )
+    pretrain_metrics = clock.run(
+        "pretrain (matching + masked LM, LayerDrop)",
+        lambda: _train_stage(
+            pretrain, datamodule, out, "pretrain", settings.pretrain_steps, progress
+        ),
+    )
+    pretrained_dir = out / "pretrained"
+    pretrain.model.save_pretrained(pretrained_dir)
+
+    # 3. retrieval fine-tuning: contrastive (multi-stream) + mixed-stream hard negatives -------
+    finetune = PerceiverVLModule(
+        pretrained=str(pretrained_dir),
+        model={"layerdrop": settings.model["layerdrop"], "dropout": settings.model["dropout"]},
+        objectives=["contrastive", "retrieval"],
+        retrieval_stream="mixed",
+        retrieval_negatives=settings.retrieval_negatives,
+        hard_negatives=True,
+        lr=settings.finetune_lr,
+        warmup=0.1,
+        seed=seed,
+    )
+    finetune_metrics = clock.run(
+        "fine-tune for retrieval (contrastive + mixed stream)",
+        lambda: _train_stage(
+            finetune, datamodule, out, "finetune", settings.finetune_steps, progress
+        ),
+    )
+    model = finetune.model.cpu().eval()
+    model_dir = out / "model"
+    model.save_pretrained(model_dir)
+
+    # 4. evaluation -----------------------------------------------------------------------------
+    tokenizer = Tokenizer.default(max_length=text_length)
+    test_set = CaptionDataset(
+        data_root / "test.jsonl", data_root, num_frames=settings.clip_frames, size=settings.size
+    )
+    test = clock.run(
+        "decode the test clips",
+        lambda: CachedClips(
+            test_set, num_workers=2, progress=progress, description="decoding test"
+        ),
+    )
+    data, captions = _retrieval_inputs(test, tokenizer)
+    n = len(captions)
+    retrieval = clock.run(
+        f"evaluate retrieval on {n} captions x {n} videos (4 stream modes)",
+        lambda: evaluate_retrieval(
+            model, data, modes=MODES, rerank_k=settings.rerank_k, precision="bf16"
+        ),
+    )
+
+    # 5. LayerDrop trade-off at inference: all blocks vs only the first ---------------------------
+    num_blocks = model.config.num_cross_attention_blocks
+
+    def layerdrop_study() -> dict[str, Any]:
+        result = {}
+        for name, blocks in (("all", list(range(num_blocks))), ("first", [0])):
+            res = evaluate_retrieval(
+                model, data, modes=("mixed",), cross_attention_layers=blocks, precision="bf16"
+            )["mixed"]
+            result[name] = {
+                "cross_attention_layers": blocks,
+                "t2v_r1": res["t2v_r1"],
+                "v2t_r1": res["v2t_r1"],
+                "latency_ms": round(
+                    _pair_latency_ms(model, data, blocks, settings.latency_repeats * 4), 3
+                ),
+            }
+        return result
+
+    layerdrop = clock.run(
+        "LayerDrop trade-off (all cross-attention blocks vs the first)", layerdrop_study
+    )
+
+    # 6. retrieval time against the number of pairs, per stream mode -----------------------------
+    def time_curve() -> list[dict[str, Any]]:
+        rows = []
+        for size in [s for s in settings.curve_sizes if s < n]:
+            res = evaluate_retrieval(
+                model,
+                _subset(data, size),
+                modes=MODES,
+                rerank_k=settings.rerank_k,
+                precision="bf16",
+            )
+            rows += [
+                {"mode": m, "n": size, "pairs": size * size, "seconds": res[m]["seconds"]}
+                for m in MODES
+            ]
+        rows += [
+            {"mode": m, "n": n, "pairs": n * n, "seconds": retrieval[m]["seconds"]} for m in MODES
+        ]
+        return rows
+
+    retrieval_time = clock.run("retrieval time against gallery size", time_curve)
+
+    # 7. efficiency against the joint-transformer baseline -----------------------------------------
+    efficiency = clock.run(
+        f"efficiency vs the joint transformer at {list(settings.efficiency_frames)} frames",
+        lambda: _efficiency(settings, log),
+    )
+
+    # 8. the search index over the test videos -----------------------------------------------------
+    example = None
+    if build_index:
+
+        def index_and_search() -> dict[str, Any]:
+            from perceiver_vl.retrieval import RetrievalIndex
+
+            index = RetrievalIndex.build(
+                out / "index", model_dir, data_root / "test.jsonl", progress=progress
+            )
+            query = captions[0]
+            hits = index.search(query, k=5, mode="rerank")
+            return {
+                "query": query,
+                "hits": [
+                    {"rank": h.rank, "score": round(float(h.score), 4), "video": str(h.video)}
+                    for h in hits
+                ],
+            }
+
+        example = clock.run("index the test videos and search", index_and_search)
+
+    metrics: dict[str, Any] = {
+        "retrieval": {m: {k: v for k, v in retrieval[m].items()} for m in MODES},
+        "retrieval_info": retrieval.get("info", {}),
+        "chance_r1": round(100.0 / n, 4),
+        "num_test_pairs": n,
+        "layerdrop": layerdrop,
+        "efficiency": efficiency,
+        "retrieval_time": retrieval_time,
+        "training": {
+            "pretrain": {
+                "steps": settings.pretrain_steps,
+                "final": pretrain_metrics,
+                "curve": _loss_curve(out, "pretrain"),
+            },
+            "finetune": {
+                "steps": settings.finetune_steps,
+                "final": finetune_metrics,
+                "curve": _loss_curve(out, "finetune"),
+            },
+        },
+        "search_example": example,
+        "stage_seconds": clock.seconds,
+        "total_seconds": round(clock.total, 1),
+        "seed": seed,
+        "quick": quick,
+        "settings": settings.to_dict(),
+        "machine": machine_description(),
+        "model_dir": str(model_dir),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    write_report(metrics, out)
+    return metrics

@@ -1,0 +1,189 @@
+"""The demo's report: a Markdown page, PNG plots and a summary table for the terminal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+MODE_NAMES = {
+    "single": "single-stream",
+    "multi": "multi-stream",
+    "mixed": "mixed-stream",
+    "rerank": "multi shortlist + mixed re-rank",
+}
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    """The retrieval results as a Markdown table (also printed on the terminal)."""
+    n = metrics["num_test_pairs"]
+    lines = [
+        "| mode | t2v R@1 | t2v R@5 | t2v R@10 | t2v MedR | v2t R@1 | v2t R@5 | v2t R@10 | v2t MedR | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, name in MODE_NAMES.items():
+        r = metrics["retrieval"][mode]
+        lines.append(
+            f"| {name} | {_f(r['t2v_r1'])} | {_f(r['t2v_r5'])} | {_f(r['t2v_r10'])} | "
+            f"{_f(r['t2v_medr'])} | {_f(r['v2t_r1'])} | {_f(r['v2t_r5'])} | {_f(r['v2t_r10'])} | "
+            f"{_f(r['v2t_medr'])} | {_f(r['seconds'], 2)} |"
+        )
+    lines.append(
+        f"| chance | {_f(metrics['chance_r1'], 2)} | {_f(5 * metrics['chance_r1'], 2)} | "
+        f"{_f(10 * metrics['chance_r1'], 2)} | {_f((n + 1) / 2)} | {_f(metrics['chance_r1'], 2)} | "
+        f"{_f(5 * metrics['chance_r1'], 2)} | {_f(10 * metrics['chance_r1'], 2)} | {_f((n + 1) / 2)} | |"
+    )
+    return "\n".join(lines)
+
+
+def layerdrop_table(metrics: dict[str, Any]) -> str:
+    lines = [
+        "| cross-attention blocks at inference | mixed-stream t2v R@1 | v2t R@1 | latency per pair (ms) |",
+        "|---|---|---|---|",
+    ]
+    for name, row in metrics["layerdrop"].items():
+        label = f"{'all' if name == 'all' else 'only the first'} {row['cross_attention_layers']}"
+        lines.append(
+            f"| {label} | {_f(row['t2v_r1'])} | {_f(row['v2t_r1'])} | {_f(row['latency_ms'], 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def efficiency_table(metrics: dict[str, Any]) -> str:
+    lines = [
+        "| model | frames | input tokens M | GFLOPs | GMACs | latency (ms, median) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in metrics["efficiency"]:
+        lines.append(
+            f"| {row['model']} | {row['frames']} | {_f(row.get('input_tokens'))} | {_f(row['gflops'])} | "
+            f"{_f(row['gmacs'])} | {_f(row.get('latency_ms_median'))} |"
+        )
+    return "\n".join(lines)
+
+
+def _plot_retrieval_time(metrics: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for mode, name in MODE_NAMES.items():
+        points = sorted(
+            (r["pairs"], r["seconds"]) for r in metrics["retrieval_time"] if r["mode"] == mode
+        )
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("pairs scored (n captions x n videos)")
+    ax.set_ylabel("wall time incl. encoding (s)")
+    ax.set_title("Retrieval time by stream mode")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_efficiency(metrics: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    models = sorted({r["model"] for r in metrics["efficiency"]})
+    for model in models:
+        rows = sorted(
+            (r for r in metrics["efficiency"] if r["model"] == model), key=lambda r: r["frames"]
+        )
+        frames = [r["frames"] for r in rows]
+        axes[0].plot(frames, [r["gflops"] for r in rows], marker="o", label=model)
+        latency = [
+            (r["frames"], r.get("latency_ms_median")) for r in rows if r.get("latency_ms_median")
+        ]
+        if latency:
+            axes[1].plot(*zip(*latency), marker="o", label=model)
+    size = metrics["efficiency"][0].get("image_size", "?") if metrics["efficiency"] else "?"
+    for ax, label in zip(axes, ("GFLOPs per sample", "latency, batch 1, fp32 (ms)")):
+        ax.set_xlabel(f"frames ({size}x{size})")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Perceiver-VL against a joint transformer: cost against video length")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(metrics: dict[str, Any], out: Path) -> Path:
+    """``report.md`` + ``retrieval_time.png`` + ``efficiency.png`` in ``out``."""
+    plots = [_plot_retrieval_time(metrics, out / "retrieval_time.png")]
+    if metrics["efficiency"]:
+        plots.append(_plot_efficiency(metrics, out / "efficiency.png"))
+    machine = metrics["machine"]
+    training = metrics["training"]
+    lines = [
+        "# perceiver-vl demo report",
+        "",
+        f"Synthetic video-text benchmark (seed {metrics['seed']}{', quick mode' if metrics['quick'] else ''}); "
+        f"{metrics['num_test_pairs']} held-out test captions, each unique, each with its own video. "
+        f"Total wall time {metrics['total_seconds']:.0f} s on {machine['cores']} CPU cores "
+        f"({machine['cpu']}, torch {machine['torch']}, {machine['torch_threads']} threads).",
+        "",
+        "## Retrieval (recalls in %, ranks 1-based; time includes encoding)",
+        "",
+        summary_table(metrics),
+        "",
+        "## LayerDrop at inference",
+        "",
+        layerdrop_table(metrics),
+        "",
+        "## Efficiency against the joint-transformer baseline",
+        "",
+        efficiency_table(metrics) if metrics["efficiency"] else "(not measured)",
+        "",
+        "![efficiency](efficiency.png)",
+        "",
+        "## Retrieval time against the number of pairs",
+        "",
+        "![retrieval time](retrieval_time.png)",
+        "",
+        "## Training",
+        "",
+        f"- pretraining (vision-text matching + masked LM, LayerDrop): {training['pretrain']['steps']} steps",
+        f"- fine-tuning (contrastive + mixed-stream hard negatives): {training['finetune']['steps']} steps",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        *[f"| {k} | {v:.1f} |" for k, v in metrics["stage_seconds"].items()],
+        "",
+    ]
+    if metrics.get("search_example"):
+        ex = metrics["search_example"]
+        lines += [
+            "## Search example",
+            "",
+            f'`perceiver-vl search --index {out / "index"} "{ex["query"]}"`',
+            "",
+            "| rank | score | video |",
+            "|---|---|---|",
+            *[f"| {h['rank']} | {h['score']:.3f} | {h['video']} |" for h in ex["hits"]],
+            "",
+        ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

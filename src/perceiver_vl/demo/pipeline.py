@@ -173,20 +173,144 @@ def _pair_latency_ms(model: PerceiverVL, data: Any, blocks: Any, repeats: int) -
 
 
 def _efficiency(settings: DemoSettings, progress: Callable[[str], None]) -> list[dict[str, Any]]:
-    """GFLOPs and batch-1 fp32 latency of Perceiver-VL (paper-size model) and the joint baseline."""
-    from perceiver_vl.bench import efficiency_rows
+    """GFLOPs and batch-1 fp32 latency of the paper-size Perceiver-VL (D=768, N=128, three
+    cross-attention blocks) and the joint-transformer baseline, at each frame count."""
+    from perceiver_vl.bench import BenchCase, BenchSettings, run_benchmark
 
-    return efficiency_rows(
-        frames=settings.efficiency_frames,
-        image_size=settings.efficiency_image_size,
-        repeats=settings.latency_repeats,
-        progress=progress,
+    cases = [
+        BenchCase(
+            model=model,
+            frames=frames,
+            image_size=settings.efficiency_image_size,
+            dtype="fp32",
+            batch=1,
+            sweep="frames",
+        )
+        for model in ("perceiver-vl", "joint")
+        for frames in settings.efficiency_frames
+    ]
+    bench = BenchSettings(
+        warmup=1,
+        min_repeats=1,
+        max_repeats=settings.latency_repeats,
+        budget_s=2.0,
+        memory=False,
+        max_forward_s=60.0,
+        matmul_size=2048,
     )
+    rows = run_benchmark(cases, settings=bench, progress=progress)
+    for row in rows:
+        per_frame = 1 + (row["image_size"] // 32) ** 2
+        row["input_tokens"] = row["frames"] * per_frame + row.get("text_length", 40)
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
 # The job
 # ----------------------------------------------------------------------------------------------
+def prepare_training_data(
+    data_root: Path, settings: DemoSettings, *, seed: int, progress: bool, generate: bool = True
+) -> Any:
+    """Generate the benchmark (kept when already there; ``generate=False`` for a folder the user
+    brings) and a data module whose training clips are decoded once into memory."""
+    from perceiver_vl.train.datamodule import PerceiverVLDataModule
+
+    if generate:
+        generate_benchmark(
+            data_root,
+            num_train=settings.num_train,
+            num_val=settings.num_val,
+            num_test=settings.num_test,
+            frames=settings.frames,
+            size=settings.size,
+            seed=seed,
+            progress=progress,
+        )
+    datamodule = PerceiverVLDataModule(
+        train={
+            "kind": "captions",
+            "annotations": str(data_root / "train.jsonl"),
+            "media_root": str(data_root),
+            "cache": True,
+        },
+        batch_size=settings.batch_size,
+        num_workers=2,
+        num_frames=settings.clip_frames,
+        image_size=settings.size,
+        max_text_length=settings.model["max_text_length"],
+        mlm_probability=0.15,
+        seed=seed,
+    )
+    datamodule.setup("fit")
+    datamodule.num_workers = 1  # cached clips: one worker keeps batches ready, one core trains
+    return datamodule
+
+
+def prepare_test_data(data_root: Path, settings: DemoSettings, *, progress: bool):
+    """The test split decoded into :class:`RetrievalInputs` (one unique caption per video)."""
+    tokenizer = Tokenizer.default(max_length=settings.model["max_text_length"])
+    test_set = CaptionDataset(
+        data_root / "test.jsonl", data_root, num_frames=settings.clip_frames, size=settings.size
+    )
+    test = CachedClips(test_set, num_workers=2, progress=progress, description="decoding test")
+    return _retrieval_inputs(test, tokenizer)
+
+
+def pretrain_model(
+    datamodule: Any,
+    settings: DemoSettings,
+    out: Path,
+    *,
+    seed: int,
+    progress: bool,
+    model_overrides: dict[str, Any] | None = None,
+) -> tuple[Any, dict[str, float]]:
+    """Stage 1: vision-text matching + masked LM (with the config's LayerDrop)."""
+    from perceiver_vl.train.module import PerceiverVLModule
+
+    module = PerceiverVLModule(
+        model={**settings.model, **(model_overrides or {})},
+        objectives=["matching", "mlm"],
+        lr=settings.pretrain_lr,
+        warmup=0.1,
+        seed=seed,
+    )
+    metrics = _train_stage(module, datamodule, out, "pretrain", settings.pretrain_steps, progress)
+    return module, metrics
+
+
+def finetune_model(
+    pretrained_dir: Path | None,
+    datamodule: Any,
+    settings: DemoSettings,
+    out: Path,
+    *,
+    seed: int,
+    progress: bool,
+    model_overrides: dict[str, Any] | None = None,
+    stage: str = "finetune",
+) -> tuple[PerceiverVL, dict[str, float]]:
+    """Stage 2: contrastive (multi-stream) + mixed-stream retrieval with hard negatives.
+    Starts from ``pretrained_dir`` (or from scratch when None)."""
+    from perceiver_vl.train.module import PerceiverVLModule
+
+    overrides = {"layerdrop": settings.model["layerdrop"], "dropout": settings.model["dropout"]}
+    overrides.update(model_overrides or {})
+    module = PerceiverVLModule(
+        pretrained=None if pretrained_dir is None else str(pretrained_dir),
+        model=overrides if pretrained_dir is not None else {**settings.model, **overrides},
+        objectives=["contrastive", "retrieval"],
+        retrieval_stream="mixed",
+        retrieval_negatives=settings.retrieval_negatives,
+        hard_negatives=True,
+        lr=settings.finetune_lr,
+        warmup=0.1,
+        seed=seed,
+    )
+    metrics = _train_stage(module, datamodule, out, stage, settings.finetune_steps, progress)
+    return module.model.cpu().eval(), metrics
+
+
 def run_demo(
     out_dir: str | os.PathLike = "runs/demo",
     *,
@@ -200,9 +324,7 @@ def run_demo(
     """Run the main job and return its metrics (also written to ``out_dir/metrics.json``)."""
     import lightning.pytorch as pl
 
-    from perceiver_vl.train.datamodule import PerceiverVLDataModule
     from perceiver_vl.train.evaluation import evaluate_retrieval
-    from perceiver_vl.train.module import PerceiverVLModule
 
     from .report import write_report
 
@@ -212,86 +334,35 @@ def run_demo(
     data_root = out / "data"
     clock = StageClock(log)
     pl.seed_everything(seed, workers=True, verbose=False)
-    text_length = settings.model["max_text_length"]
 
     # 1. data ---------------------------------------------------------------------------------
-    clock.run(
-        "generate the synthetic benchmark",
-        lambda: generate_benchmark(
-            data_root,
-            num_train=settings.num_train,
-            num_val=settings.num_val,
-            num_test=settings.num_test,
-            frames=settings.frames,
-            size=settings.size,
-            seed=seed,
-            progress=progress,
-        ),
+    datamodule = clock.run(
+        "generate the synthetic benchmark and decode the training clips once",
+        lambda: prepare_training_data(data_root, settings, seed=seed, progress=progress),
     )
-    datamodule = PerceiverVLDataModule(
-        train={"kind": "synthetic", "root": str(data_root), "split": "train", "cache": True},
-        batch_size=settings.batch_size,
-        num_workers=2,
-        num_frames=settings.clip_frames,
-        image_size=settings.size,
-        max_text_length=text_length,
-        mlm_probability=0.15,
-        seed=seed,
-    )
-    clock.run("decode the training clips once", lambda: datamodule.setup("fit"))
-    datamodule.num_workers = 1  # cached clips: one worker keeps batches ready, one core trains
 
     # 2. pretraining: matching + masked LM, LayerDrop ------------------------------------------
-    pretrain = PerceiverVLModule(
-        model=dict(settings.model),
-        objectives=["matching", "mlm"],
-        lr=settings.pretrain_lr,
-        warmup=0.1,
-        seed=seed,
-    )
-    pretrain_metrics = clock.run(
+    pretrain, pretrain_metrics = clock.run(
         "pretrain (matching + masked LM, LayerDrop)",
-        lambda: _train_stage(
-            pretrain, datamodule, out, "pretrain", settings.pretrain_steps, progress
-        ),
+        lambda: pretrain_model(datamodule, settings, out, seed=seed, progress=progress),
     )
     pretrained_dir = out / "pretrained"
     pretrain.model.save_pretrained(pretrained_dir)
 
     # 3. retrieval fine-tuning: contrastive (multi-stream) + mixed-stream hard negatives -------
-    finetune = PerceiverVLModule(
-        pretrained=str(pretrained_dir),
-        model={"layerdrop": settings.model["layerdrop"], "dropout": settings.model["dropout"]},
-        objectives=["contrastive", "retrieval"],
-        retrieval_stream="mixed",
-        retrieval_negatives=settings.retrieval_negatives,
-        hard_negatives=True,
-        lr=settings.finetune_lr,
-        warmup=0.1,
-        seed=seed,
-    )
-    finetune_metrics = clock.run(
+    model, finetune_metrics = clock.run(
         "fine-tune for retrieval (contrastive + mixed stream)",
-        lambda: _train_stage(
-            finetune, datamodule, out, "finetune", settings.finetune_steps, progress
+        lambda: finetune_model(
+            pretrained_dir, datamodule, settings, out, seed=seed, progress=progress
         ),
     )
-    model = finetune.model.cpu().eval()
     model_dir = out / "model"
     model.save_pretrained(model_dir)
 
     # 4. evaluation -----------------------------------------------------------------------------
-    tokenizer = Tokenizer.default(max_length=text_length)
-    test_set = CaptionDataset(
-        data_root / "test.jsonl", data_root, num_frames=settings.clip_frames, size=settings.size
+    data, captions = clock.run(
+        "decode the test clips", lambda: prepare_test_data(data_root, settings, progress=progress)
     )
-    test = clock.run(
-        "decode the test clips",
-        lambda: CachedClips(
-            test_set, num_workers=2, progress=progress, description="decoding test"
-        ),
-    )
-    data, captions = _retrieval_inputs(test, tokenizer)
     n = len(captions)
     retrieval = clock.run(
         f"evaluate retrieval on {n} captions x {n} videos (4 stream modes)",

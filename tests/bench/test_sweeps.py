@@ -153,3 +153,12 @@ def test_default_cases_and_sweeps():
         assert swept and all(c.sweep == name for c in swept)
     assert {c.latents for c in sweep_cases("latents")} == {32, 64, 128, 256, 512}
     assert {c.mode for c in sweep_cases("streams")} == {"single", "multi", "mixed"}
+
+
+def test_a_configuration_in_two_sweeps_is_measured_once(tiny_settings):
+    calls = []
+    bench = Benchmark(tiny_settings, progress=calls.append)
+    rows = bench.run([_case(frames=2), _case(frames=2, sweep="frames")])
+    assert [r["sweep"] for r in rows] == ["main", "frames"]
+    assert rows[0]["latency_ms_median"] == rows[1]["latency_ms_median"]
+    assert sum(message.startswith("[") for message in calls) == 1

@@ -16,6 +16,8 @@ Conventions of a row:
   dtype measured in the same run (:mod:`.matmul`).
 - A case whose estimated call time exceeds ``max_forward_s`` is not timed (``status`` says so);
   its FLOPs are still counted.
+- A configuration that appears in several sweeps of one run is measured once; its rows differ
+  only in ``sweep``.
 """
 
 from __future__ import annotations
@@ -529,9 +531,14 @@ class Benchmark:
         try:
             self.measure_matmul(dict.fromkeys(c.dtype for c in cases))
             rows = []
+            measured: dict[BenchCase, dict[str, Any]] = {}
             for i, case in enumerate(cases, 1):
-                self.progress(f"[{i}/{len(cases)}] {describe_case(case)}")
-                row = self.run_case(case)
+                same = replace(case, sweep="main")
+                if same in measured:  # the same configuration in another sweep: measured once
+                    row = {**measured[same], "sweep": case.sweep}
+                else:
+                    self.progress(f"[{i}/{len(cases)}] {describe_case(case)}")
+                    row = measured[same] = self.run_case(case)
                 rows.append(row)
                 if on_row is not None:
                     on_row(row)

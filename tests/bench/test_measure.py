@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from perceiver_vl.bench import matmul_throughput, peak_memory_mb, percentile, time_callable
+
+
+class FakeClock:
+    """Each call of the timed function advances time by the next duration."""
+
+    def __init__(self, durations):
+        self.now = 0.0
+        self.durations = list(durations)
+        self.calls = 0
+
+    def __call__(self):
+        return self.now
+
+    def work(self):
+        self.now += self.durations[self.calls % len(self.durations)]
+        self.calls += 1
+
+
+@pytest.mark.parametrize("values", [[3.0], [1.0, 2.0], [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]])
+@pytest.mark.parametrize("q", [0, 10, 50, 90, 100])
+def test_percentile_matches_numpy(values, q):
+    assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+
+
+def test_percentile_errors():
+    with pytest.raises(ValueError, match="empty"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match="q must"):
+        percentile([1.0], 120)
+
+
+def test_time_callable_statistics_and_warmup():
+    clock = FakeClock([0.010, 0.020, 0.030, 0.040, 0.050])
+    timing = time_callable(
+        clock.work, warmup=2, min_repeats=5, max_repeats=5, budget_s=0.0, clock=clock
+    )
+    # the two warm-up calls took 10 and 20 ms; the timed ones 30, 40, 50, 10, 20 ms
+    assert clock.calls == 7
+    assert timing.repeats == 5 and timing.warmup == 2
+    assert timing.median_ms == pytest.approx(30.0)
+    assert timing.p10_ms == pytest.approx(np.percentile([30, 40, 50, 10, 20], 10))
+    assert timing.p90_ms == pytest.approx(np.percentile([30, 40, 50, 10, 20], 90))
+
+
+def test_time_callable_repeats_follow_the_budget():
+    slow = FakeClock([2.0])
+    assert time_callable(slow.work, warmup=0, min_repeats=3, budget_s=1.0, clock=slow).repeats == 3
+    fast = FakeClock([0.125])  # exact in binary: 8 calls spend the 1 s budget
+    timing = time_callable(fast.work, warmup=0, min_repeats=3, budget_s=1.0, clock=fast)
+    assert timing.repeats == 8
+    capped = FakeClock([0.125])
+    timing = time_callable(
+        capped.work, warmup=0, min_repeats=3, max_repeats=4, budget_s=1.0, clock=capped
+    )
+    assert timing.repeats == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"warmup": -1}, {"min_repeats": 0}, {"min_repeats": 5, "max_repeats": 2}]
+)
+def test_time_callable_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        time_callable(lambda: None, **kwargs)
+
+
+def test_peak_memory_counts_live_tensors():
+    def two_live_buffers():
+        a = torch.ones(1024, 1024)  # 4 MiB
+        b = a * 2  # 4 MiB, both alive
+        del a
+        return b + 1  # a is freed before this one: the peak stays at 8 MiB
+
+    assert peak_memory_mb(two_live_buffers) == pytest.approx(8.0, abs=0.01)
+    assert peak_memory_mb(lambda: torch.ones(256, 1024)) == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_matmul_throughput_reports_its_settings(dtype):
+    result = matmul_throughput(dtype, size=64, min_repeats=2, budget_s=0.0)
+    assert result.dtype == dtype and result.size == 64
+    assert result.threads == torch.get_num_threads()
+    assert result.gflops_per_s > 0 and result.p10_gflops_per_s >= result.gflops_per_s
+    with pytest.raises(ValueError, match="dtype"):
+        matmul_throughput("fp16")

@@ -241,6 +241,7 @@ def prepare_training_data(
         mlm_probability=0.15,
         seed=seed,
     )
+    datamodule.progress = progress
     datamodule.setup("fit")
     datamodule.num_workers = 1  # cached clips: one worker keeps batches ready, one core trains
     return datamodule

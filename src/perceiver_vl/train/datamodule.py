@@ -200,7 +200,10 @@ class PerceiverVLDataModule(pl.LightningDataModule):
             from perceiver_vl.data import CachedClips
 
             dataset = CachedClips(
-                dataset, num_workers=self.num_workers, description=f"decoding {name}"
+                dataset,
+                num_workers=self.num_workers,
+                description=f"decoding {name}",
+                progress=getattr(self, "progress", True),
             )
         return name, dataset
 

@@ -312,6 +312,46 @@ def finetune_model(
     return module.model.cpu().eval(), metrics
 
 
+def train_mixed_decoder(
+    model_dir: Path,
+    datamodule: Any,
+    settings: DemoSettings,
+    out: Path,
+    *,
+    seed: int,
+    progress: bool,
+    stage: str = "decoder",
+) -> tuple[PerceiverVL, dict[str, float]]:
+    """Stage 3: the query decoder and matching head learn mixed-stream scoring on the fixed,
+    contrastively trained latents (encoder frozen and left out of autograd).
+
+    From scratch, the [CLS] query's attention output barely depends on the latents, so the
+    mixed-stream logit starts out almost constant and learns slowly while the encoder is still
+    changing; once the latents are discriminative it learns quickly.
+    """
+    from perceiver_vl.train.module import PerceiverVLModule
+
+    module = PerceiverVLModule(
+        pretrained=str(model_dir),
+        model={"layerdrop": settings.model["layerdrop"], "dropout": settings.model["dropout"]},
+        objectives=["retrieval"],
+        retrieval_stream="mixed",
+        retrieval_negatives=settings.retrieval_negatives,
+        hard_negatives=True,
+        trainable="decoder_and_heads",
+        lr=settings.decoder_lr,
+        warmup=0.05,
+        seed=seed,
+    )
+    for name, param in module.named_parameters():
+        param.requires_grad_(module._trainable_now(name))
+    metrics = _train_stage(module, datamodule, out, stage, settings.decoder_steps, progress)
+    model = module.model.cpu().eval()
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return model, metrics
+
+
 def run_demo(
     out_dir: str | os.PathLike = "runs/demo",
     *,
@@ -359,6 +399,15 @@ def run_demo(
     )
     model_dir = out / "model"
     model.save_pretrained(model_dir)
+    decoder_metrics: dict[str, float] = {}
+    if settings.decoder_steps:
+        model, decoder_metrics = clock.run(
+            "train the mixed-stream decoder on the fine-tuned latents",
+            lambda: train_mixed_decoder(
+                model_dir, datamodule, settings, out, seed=seed, progress=progress
+            ),
+        )
+        model.save_pretrained(model_dir)
 
     # 4. evaluation -----------------------------------------------------------------------------
     data, captions = clock.run(

@@ -23,6 +23,8 @@ class DemoSettings:
         batch_size: training batch size (both stages).
         pretrain_steps / finetune_steps: optimiser steps of each stage.
         pretrain_lr / finetune_lr: peak learning rates (linear warm-up, then linear decay).
+        decoder_steps / decoder_lr: stage 3, the mixed-stream decoder and heads trained on the
+            fine-tuned (frozen) latents.
         retrieval_negatives: k negatives per query in retrieval fine-tuning (hardest under the
             multi-stream similarity).
         rerank_k: shortlist length of the multi-stream shortlist + mixed re-rank.
@@ -56,10 +58,12 @@ class DemoSettings:
         )
     )
     batch_size: int = 64
-    pretrain_steps: int = 300
+    pretrain_steps: int = 200
     finetune_steps: int = 900
     pretrain_lr: float = 1e-3
     finetune_lr: float = 1e-3
+    decoder_steps: int = 300
+    decoder_lr: float = 2e-3
     retrieval_negatives: int = 7
     rerank_k: int = 16
     curve_sizes: tuple[int, ...] = (62, 125, 250)
@@ -81,6 +85,7 @@ class DemoSettings:
             batch_size=32,
             pretrain_steps=20,
             finetune_steps=40,
+            decoder_steps=20,
             curve_sizes=(16, 32),
             efficiency_frames=(8, 16, 32),
             efficiency_image_size=64,

@@ -166,6 +166,7 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         "",
         f"- pretraining (vision-text matching + masked LM, LayerDrop): {training['pretrain']['steps']} steps",
         f"- fine-tuning (contrastive + mixed-stream hard negatives): {training['finetune']['steps']} steps",
+        f"- mixed-stream decoder on the fine-tuned latents (encoder frozen): {training['decoder']['steps']} steps",
         "",
         "| stage | seconds |",
         "|---|---|",

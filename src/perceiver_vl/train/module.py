@@ -24,7 +24,9 @@ from .objectives import (
 )
 
 OBJECTIVES = ("matching", "mlm", "contrastive", "retrieval", "qa")
-Trainable = Literal["all", "cross_attention", "cross_attention_and_heads", "heads"]
+Trainable = Literal[
+    "all", "cross_attention", "cross_attention_and_heads", "decoder_and_heads", "heads"
+]
 
 _NO_DECAY = ("bias", "norm", "embed", "latents", "query", "queries", "logit_scale", "pos", "token")
 
@@ -75,7 +77,8 @@ class PerceiverVLModule(pl.LightningModule):
         effective_batch_size: accumulate gradients to reach this many samples per optimiser
             step (over all devices); overrides ``trainer.accumulate_grad_batches``.
         trainable: what trains at first: ``all``, ``cross_attention`` (the cross-attention
-            blocks alone, the paper's first stage), ``cross_attention_and_heads`` or ``heads``.
+            blocks alone, the paper's first stage), ``cross_attention_and_heads``,
+            ``decoder_and_heads`` (the query decoder and the heads on fixed latents) or ``heads``.
         unfreeze_at_step: optimiser step from which everything trains (None = never).
         eval_modes: retrieval modes computed at validation (``multi``, ``mixed``).
         seed: seeds the objectives' sampling (negatives).
@@ -125,7 +128,13 @@ class PerceiverVLModule(pl.LightningModule):
             (
                 "trainable",
                 trainable,
-                ("all", "cross_attention", "cross_attention_and_heads", "heads"),
+                (
+                    "all",
+                    "cross_attention",
+                    "cross_attention_and_heads",
+                    "decoder_and_heads",
+                    "heads",
+                ),
             ),
         ):
             if value not in allowed:
@@ -542,6 +551,8 @@ class PerceiverVLModule(pl.LightningModule):
             return is_cross
         if mode == "cross_attention_and_heads":
             return is_cross or is_head
+        if mode == "decoder_and_heads":
+            return is_head or name.startswith("model.decoder")
         return is_head
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -104,6 +104,9 @@ def test_table_and_targets():
     table = format_table(rows)
     assert "GFLOPs" in table and "GMACs" in table and "%peak" in table
     assert len(table.splitlines()) == 2 + len(rows)
+    markdown = format_table(rows, markdown=True).splitlines()
+    assert markdown[0].startswith("| model |") and len(markdown) == 2 + len(rows)
+    assert all(line.count("|") == markdown[0].count("|") for line in markdown)
     lines = summarize_targets(rows)
     text = "\n".join(lines)
     assert "85 % of the fp32 matmul" in text and "met" in lines[0]

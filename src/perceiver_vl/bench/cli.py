@@ -241,8 +241,9 @@ TABLE_COLUMNS: tuple[tuple[str, str, int], ...] = (
 )
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows as an aligned text table (``%peak`` in percent; untimed cases show ``-``)."""
+def format_table(rows: Sequence[dict[str, Any]], *, markdown: bool = False) -> str:
+    """Rows as an aligned text table, or a Markdown table with ``markdown=True`` (``%peak`` in
+    percent; untimed cases show ``-``)."""
     header = [title for _, title, _ in TABLE_COLUMNS]
     body = []
     for row in rows:
@@ -253,6 +254,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                 value = 100.0 * value
             cells.append(_fmt(value, digits))
         body.append(cells)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
     widths = [max(len(header[i]), *(len(r[i]) for r in body)) for i in range(len(header))]
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
     lines.append("  ".join("-" * w for w in widths))
@@ -333,6 +338,13 @@ def machine_summary(bench: Benchmark) -> list[str]:
     return lines
 
 
+def _write_json(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(list(rows), indent=1) + "\n")
+    tmp.replace(path)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``perceiver-vl bench`` -> exit status."""
     settings = settings_from_args(args)
@@ -354,7 +366,15 @@ def run(args: argparse.Namespace) -> int:
         bench.measure_matmul(dict.fromkeys(c.dtype for c in cases))
         for line in machine_summary(bench):
             print(line)
-        rows = bench.run(cases)
+        partial: list[dict[str, Any]] = []
+
+        def save(row: dict[str, Any]) -> None:
+            # rewrite the JSON after every case, so an interrupted run keeps what it measured
+            partial.append(row)
+            if args.json is not None:
+                _write_json(args.json, partial)
+
+        rows = bench.run(cases, on_row=save)
     finally:
         torch.set_num_threads(previous)
     print(format_table(rows))
@@ -364,8 +384,7 @@ def run(args: argparse.Namespace) -> int:
     for line in summarize_targets(rows):
         print("target: " + line)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        _write_json(args.json, rows)
         print(f"wrote {len(rows)} rows to {args.json}")
     if args.plot is not None:
         from .plots import write_plots

@@ -58,7 +58,8 @@ def test_analysis_quick(study, quick_benchmark, tmp_path, capsys):
             for r in rows
             if r["model"] == "joint" and r["sweep"] == "frames"
         }
-        assert joint[4] > pvl[4]
+        # the joint transformer's cost grows faster with frames than Perceiver-VL's
+        assert joint[4] - joint[1] > pvl[4] - pvl[1] > 0
     assert "rows ->" in capsys.readouterr().out
 
 

@@ -513,6 +513,11 @@ def run_demo(
                 "final": finetune_metrics,
                 "curve": _loss_curve(out, "finetune"),
             },
+            "decoder": {
+                "steps": settings.decoder_steps,
+                "final": decoder_metrics,
+                "curve": _loss_curve(out, "decoder"),
+            },
         },
         "search_example": example,
         "stage_seconds": clock.seconds,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -350,7 +349,6 @@ def streams(
     rows = []
     for n in sizes:
         log(f"streams: {n} x {n} pairs")
-        t0 = time.perf_counter()
         res = evaluate_retrieval(
             model,
             _subset(data, n),
@@ -358,7 +356,6 @@ def streams(
             rerank_k=settings.rerank_k,
             precision="bf16",
         )
-        del t0
         for mode in ("single", "multi", "mixed", "rerank"):
             rows.append(
                 {

@@ -587,15 +587,17 @@ def efficiency_rows(
     models: Sequence[str] = MODELS,
     dtypes: Sequence[str] = ("fp32",),
     batch: int = 1,
+    image_size: int = PAPER_IMAGE_SIZE,
     settings: BenchSettings | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """GFLOPs and latency of Perceiver-VL and the joint baseline at each frame count (paper
-    configuration otherwise) -> rows, ready for :func:`perceiver_vl.bench.plots.plot_efficiency`."""
+    configuration otherwise; ``image_size`` the frame side) -> rows, ready for
+    :func:`perceiver_vl.bench.plots.plot_efficiency`."""
     if not frames:
         raise ValueError("frames is empty: pass frame counts such as (8, 16, 32)")
     cases = [
-        BenchCase(model=m, frames=t, dtype=d, batch=batch, sweep="frames")
+        BenchCase(model=m, frames=t, dtype=d, batch=batch, image_size=image_size, sweep="frames")
         for m in models
         for d in dtypes
         for t in frames

@@ -175,30 +175,22 @@ def _pair_latency_ms(model: PerceiverVL, data: Any, blocks: Any, repeats: int) -
 def _efficiency(settings: DemoSettings, progress: Callable[[str], None]) -> list[dict[str, Any]]:
     """GFLOPs and batch-1 fp32 latency of the paper-size Perceiver-VL (D=768, N=128, three
     cross-attention blocks) and the joint-transformer baseline, at each frame count."""
-    from perceiver_vl.bench import BenchCase, BenchSettings, run_benchmark
+    from perceiver_vl.bench import BenchSettings, efficiency_rows
 
-    cases = [
-        BenchCase(
-            model=model,
-            frames=frames,
-            image_size=settings.efficiency_image_size,
-            dtype="fp32",
-            batch=1,
-            sweep="frames",
-        )
-        for model in ("perceiver-vl", "joint")
-        for frames in settings.efficiency_frames
-    ]
-    bench = BenchSettings(
-        warmup=1,
-        min_repeats=1,
-        max_repeats=settings.latency_repeats,
-        budget_s=2.0,
-        memory=False,
-        max_forward_s=60.0,
-        matmul_size=2048,
+    rows = efficiency_rows(
+        settings.efficiency_frames,
+        image_size=settings.efficiency_image_size,
+        settings=BenchSettings(
+            warmup=1,
+            min_repeats=1,
+            max_repeats=settings.latency_repeats,
+            budget_s=2.0,
+            memory=False,
+            max_forward_s=60.0,
+            matmul_size=2048,
+        ),
+        progress=progress,
     )
-    rows = run_benchmark(cases, settings=bench, progress=progress)
     for row in rows:
         per_frame = 1 + (row["image_size"] // 32) ** 2
         row["input_tokens"] = row["frames"] * per_frame + row.get("text_length", 40)
@@ -240,8 +232,8 @@ def prepare_training_data(
         max_text_length=settings.model["max_text_length"],
         mlm_probability=0.15,
         seed=seed,
+        progress=progress,
     )
-    datamodule.progress = progress
     datamodule.setup("fit")
     datamodule.num_workers = 1  # cached clips: one worker keeps batches ready, one core trains
     return datamodule

@@ -83,6 +83,7 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         seed: data randomness (frames, crops, captions, masking).
         drop_last: drop the last incomplete training batch.
         pin_memory: pin loader memory (GPU runs).
+        progress: show progress bars for one-off work (``cache: true`` decoding).
     """
 
     def __init__(
@@ -103,6 +104,7 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         seed: int = 0,
         drop_last: bool = True,
         pin_memory: bool = False,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -117,6 +119,7 @@ class PerceiverVLDataModule(pl.LightningDataModule):
             "test": _as_list(test, "data.test"),
         }
         self.batch_size = batch_size
+        self.progress = progress
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.num_frames = num_frames
@@ -203,7 +206,7 @@ class PerceiverVLDataModule(pl.LightningDataModule):
                 dataset,
                 num_workers=self.num_workers,
                 description=f"decoding {name}",
-                progress=getattr(self, "progress", True),
+                progress=self.progress,
             )
         return name, dataset
 

@@ -71,6 +71,12 @@ def _pyplot():
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _data(out: Path, settings: DemoSettings, data_root: Path | None, seed: int, progress: bool):
     root = data_root or out / "data"
     datamodule = prepare_training_data(
@@ -170,9 +176,7 @@ def latent_size(
     ax2.plot([r["latents"] for r in rows], [r["gflops"] for r in rows], marker="s", color="C1")
     ax2.set_ylabel("GFLOPs per pair", color="C1")
     ax.set_title("Latent size: accuracy and cost")
-    fig.tight_layout()
-    fig.savefig(out / "latent_size.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "latent_size.png")
     return rows
 
 
@@ -244,9 +248,7 @@ def input_size(
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Cost against input size")
-    fig.tight_layout()
-    fig.savefig(out / "input_size.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "input_size.png")
     return rows
 
 
@@ -321,9 +323,7 @@ def cross_attention(
     ax.set_title("Cross-attention blocks kept at inference")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "cross_attention.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "cross_attention.png")
     return rows
 
 
@@ -397,9 +397,7 @@ def streams(
         ax.legend(fontsize=8)
     axes[0].set_yscale("log")
     fig.suptitle("Single, multi and mixed stream")
-    fig.tight_layout()
-    fig.savefig(out / "streams.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "streams.png")
     return rows
 
 

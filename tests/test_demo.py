@@ -20,6 +20,10 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
     assert metrics["chance_r1"] == pytest.approx(100 / metrics["num_test_pairs"])
     assert set(metrics["layerdrop"]) == {"all", "first"}
     assert metrics["layerdrop"]["first"]["cross_attention_layers"] == [0]
+    for mode in ("multi", "mixed"):
+        colour = metrics["attributes"][mode]["colour"]
+        assert 0 <= colour["top1_agreement"] <= 100 and 0 < colour["chance"] < 100
+    assert "What the model reads" in (out / "report.md").read_text()
     frames = sorted({r["frames"] for r in metrics["efficiency"]})
     assert frames == [8, 16, 32]
     assert {r["model"] for r in metrics["efficiency"]} == {"perceiver-vl", "joint"}
@@ -29,3 +33,32 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
     assert metrics["search_example"]["hits"][0]["rank"] == 1
     printed = capsys.readouterr().out
     assert "mixed-stream text->video R@1" in printed and "perceiver-vl search" in printed
+
+
+def test_attribute_agreement_counts_shared_attributes_of_the_top_video():
+    import torch
+
+    from perceiver_vl.demo.attributes import attribute_agreement, caption_attributes
+
+    def rec(size, colour, shape, motion):
+        return caption_attributes(
+            {"size_name": size, "colour": colour, "shape": shape, "motion": motion}
+        )
+
+    videos = [
+        rec("small", "red", "circle", ["left", "up"]),
+        rec("large", "red", "square", ["up", "left"]),
+        rec("small", "blue", "circle", ["left", "down"]),
+    ]
+    # caption 0 ranks video 1 first (colour right, rest wrong); 1 -> 1 (all right);
+    # caption 2 ranks video 0 first (size, shape and the first step right)
+    scores = torch.tensor([[0.1, 0.9, 0.0], [0.0, 1.0, 0.2], [0.8, 0.1, 0.3]])
+    out = attribute_agreement(scores, videos, videos)
+    assert out["colour"]["top1_agreement"] == pytest.approx(200 / 3, abs=0.01)
+    assert out["size"]["top1_agreement"] == pytest.approx(200 / 3, abs=0.01)
+    assert out["first_step"]["top1_agreement"] == pytest.approx(200 / 3, abs=0.01)
+    assert out["motion"]["top1_agreement"] == pytest.approx(100 / 3, abs=0.01)
+    # chance: the share of (caption, video) pairs with the same value; colour: 5 of 9
+    assert out["colour"]["chance"] == pytest.approx(500 / 9, abs=0.01)
+    with pytest.raises(ValueError, match="expected"):
+        attribute_agreement(scores[:2], videos, videos)

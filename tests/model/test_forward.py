@@ -210,3 +210,21 @@ def test_bad_labels_are_named(tiny_model):
         tiny_model(video=video, text_ids=ids, matching_labels=torch.ones(3))
     with pytest.raises(ValueError, match="QA head"):
         tiny_model(video=video, text_ids=ids, answer_targets=torch.ones(2, 3))
+
+
+def test_training_mode_projects_only_masked_positions_with_the_same_loss():
+    torch.manual_seed(0)
+    model = PerceiverVL(tiny_config(layerdrop=0.0, dropout=0.0))
+    video, ids, mask = make_inputs()
+    labels = torch.full_like(ids, -100)
+    labels[0, 1], labels[1, 4], labels[1, 5] = ids[0, 1], ids[1, 4], ids[1, 5]
+    model.eval()
+    full = model(video=video, text_ids=ids, text_mask=mask, mlm_labels=labels)
+    model.train()
+    part = model(video=video, text_ids=ids, text_mask=mask, mlm_labels=labels)
+    assert part.mlm_logits is None and part.mlm_target_logits.shape == (3, 100)
+    picked = labels != -100
+    torch.testing.assert_close(part.mlm_target_logits, full.mlm_logits[picked])
+    torch.testing.assert_close(part.mlm_loss, full.mlm_loss)
+    part.mlm_loss.backward()
+    assert model.mlm_head.decoder.weight.grad.abs().sum() > 0

@@ -167,3 +167,25 @@ def test_single_stream_scores_images_and_fallback():
         fast = single_stream_scores(model, text_ids=ids, text_mask=mask, images=images)
         slow = pairwise_single_stream_scores(model, text_ids=ids, text_mask=mask, images=images)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+
+def test_scores_under_bf16_autocast_stay_full_precision_and_do_not_tie(tiny_model):
+    """A bf16 logit has 8 significant bits: scoring hundreds of candidates in bf16 ties most of
+    them (and pessimistic tie-breaking then sinks the recall), so the score heads opt out."""
+    g = torch.Generator().manual_seed(0)
+    visual = torch.randn(300, 8, 32, generator=g)
+    text = torch.randn(300, 8, 32, generator=g)
+    with torch.no_grad():
+        exact_multi = tiny_model.multi_stream_scores(visual, text)
+        exact_mixed = tiny_model.mixed_stream_scores(visual, text)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            multi = tiny_model.multi_stream_scores(visual, text)
+            mixed = tiny_model.mixed_stream_scores(visual, text)
+            logits = tiny_model.mixed_stream_logits(visual[:50], text[:50])
+    assert multi.dtype == mixed.dtype == logits.dtype == torch.float32
+    torch.testing.assert_close(multi, exact_multi)  # the embeddings are fp32 end to end
+    torch.testing.assert_close(mixed, exact_mixed, atol=0.05, rtol=0.05)  # bf16 decoder body
+    for scores in (multi, mixed):
+        distinct = torch.tensor([row.unique().numel() for row in scores]).float().mean()
+        assert distinct > 0.95 * scores.shape[1]

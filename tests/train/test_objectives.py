@@ -134,3 +134,45 @@ def test_freezing_drops_gradients_outside_cross_attention():
     module.on_before_optimizer_step(None)
     names = [n for n, p in module.named_parameters() if p.grad is not None]
     assert names and all(n.startswith("model.encoder.cross_attention_blocks") for n in names)
+
+
+def test_two_stage_switch_trains_cross_attention_first_then_everything(tmp_path):
+    import lightning.pytorch as pl
+
+    module = PerceiverVLModule(
+        model=dict(TINY_MODEL, layerdrop=0.0), two_stage=2, lr=1e-2, warmup=0
+    )
+    assert (module.freeze_mode, module.unfreeze_step) == ("cross_attention", 2)
+    snapshots = []
+
+    class Snap(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            snapshots.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
+
+    loader = torch.utils.data.DataLoader([_batch()] * 4, batch_size=None)
+    trainer = pl.Trainer(
+        max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[Snap()], default_root_dir=str(tmp_path),
+    )
+    start = {n: p.detach().clone() for n, p in module.named_parameters()}
+    trainer.fit(module, loader)
+
+    def changed(before, after, prefix):
+        names = [n for n in before if n.startswith(prefix)]
+        return any(not torch.equal(before[n], after[n]) for n in names)
+
+    cross, other = "model.encoder.cross_attention_blocks", "model.encoder.self_attention_blocks"
+    # steps 1 and 2: the cross-attention blocks alone
+    assert changed(start, snapshots[1], cross)
+    assert not changed(start, snapshots[1], other)
+    assert not changed(start, snapshots[1], "model.matching_head")
+    # steps 3 and 4: everything
+    assert changed(snapshots[1], snapshots[3], other)
+    assert changed(snapshots[1], snapshots[3], "model.matching_head")
+
+
+def test_two_stage_switch_rejects_a_second_freezing_setting():
+    with pytest.raises(ValueError, match="two_stage"):
+        PerceiverVLModule(model=dict(TINY_MODEL), two_stage=100, trainable="heads")
+    with pytest.raises(ValueError, match="step count"):
+        PerceiverVLModule(model=dict(TINY_MODEL), two_stage=0)

@@ -359,6 +359,7 @@ def run_demo(
 
     from perceiver_vl.train.evaluation import evaluate_retrieval
 
+    from .attributes import attribute_study, load_attributes
     from .report import write_report
 
     settings = settings or (DemoSettings.quick() if quick else DemoSettings.full())
@@ -410,6 +411,13 @@ def run_demo(
         f"evaluate retrieval on {n} captions x {n} videos (4 stream modes)",
         lambda: evaluate_retrieval(
             model, data, modes=MODES, rerank_k=settings.rerank_k, precision="bf16"
+        ),
+    )
+
+    attributes = clock.run(
+        "which caption attributes the top-ranked videos share",
+        lambda: attribute_study(
+            model, data, load_attributes(data_root / "test.jsonl", captions)
         ),
     )
 
@@ -490,6 +498,7 @@ def run_demo(
         "retrieval": {m: {k: v for k, v in retrieval[m].items()} for m in MODES},
         "retrieval_info": retrieval.get("info", {}),
         "chance_r1": round(100.0 / n, 4),
+        "attributes": attributes,
         "num_test_pairs": n,
         "layerdrop": layerdrop,
         "efficiency": efficiency,

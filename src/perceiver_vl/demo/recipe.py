@@ -58,15 +58,15 @@ class DemoSettings:
         )
     )
     batch_size: int = 64
-    pretrain_steps: int = 200
-    finetune_steps: int = 900
+    pretrain_steps: int = 120
+    finetune_steps: int = 550
     pretrain_lr: float = 1e-3
     finetune_lr: float = 1e-3
-    decoder_steps: int = 300
+    decoder_steps: int = 100
     decoder_lr: float = 2e-3
     retrieval_negatives: int = 7
     rerank_k: int = 16
-    curve_sizes: tuple[int, ...] = (62, 125, 250)
+    curve_sizes: tuple[int, ...] = (50, 100, 200)
     efficiency_frames: tuple[int, ...] = (8, 16, 32)
     efficiency_image_size: int = 384
     latency_repeats: int = 5

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +13,28 @@ from torch import Tensor, nn
 from .config import PerceiverVLConfig
 
 
+def full_precision(module: nn.Module, x: Tensor) -> tuple[Any, Tensor]:
+    """(an autocast-off context, ``x`` in ``module``'s parameter dtype).
+
+    Scores are compared across thousands of candidates: a bf16 logit (8 significant bits) ties
+    most of them, so the heads that produce scores run in the weights' own precision (fp32
+    unless the whole model was cast) even inside a bf16 autocast region. They are cheap."""
+    dtype = next(module.parameters()).dtype
+    return no_autocast(x.device.type), x.to(dtype)
+
+
+def no_autocast(device_type: str) -> Any:
+    """A context that turns autocast off where it is on (a no-op elsewhere, e.g. on ``meta``)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know
+        enabled = False
+    return torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
+
+
 class MatchingHead(nn.Module):
-    """[CLS] decoder state -> one matching logit: ``fc(tanh(dense(x)))``."""
+    """[CLS] decoder state -> one matching logit: ``fc(tanh(dense(x)))`` (never under autocast,
+    see :func:`full_precision`)."""
 
     def __init__(self, config: PerceiverVLConfig) -> None:
         super().__init__()
@@ -21,7 +43,9 @@ class MatchingHead(nn.Module):
 
     def forward(self, cls_state: Tensor) -> Tensor:
         """cls_state: (B, D) -> logits (B,)."""
-        return self.fc(torch.tanh(self.dense(cls_state))).squeeze(-1)
+        context, x = full_precision(self, cls_state)
+        with context:
+            return self.fc(torch.tanh(self.dense(x))).squeeze(-1)
 
 
 class MLMHead(nn.Module):
@@ -57,7 +81,9 @@ class ContrastiveHead(nn.Module):
         if modality not in ("visual", "text"):
             raise ValueError(f"modality must be 'visual' or 'text', got {modality!r}")
         proj = self.visual_proj if modality == "visual" else self.text_proj
-        return F.normalize(proj(latents.mean(dim=1)).float(), dim=-1)
+        context, pooled = full_precision(proj, latents.mean(dim=1))
+        with context:
+            return F.normalize(proj(pooled).float(), dim=-1)
 
 
 class ClassificationHead(nn.Module):

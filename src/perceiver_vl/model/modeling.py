@@ -28,7 +28,11 @@ class PerceiverVLOutput:
         decoder_states: (B, Q, D) decoder outputs after the decoder LayerNorm; row 0 is the
             [CLS] query, rows 1..L the masked-LM queries when ``mlm_labels`` were given.
         matching_logits: (B,) vision-text matching logits (needs both modalities).
-        mlm_logits: (B, L, vocab) masked-LM logits (when ``mlm_labels`` were given).
+        mlm_logits: (B, L, vocab) masked-LM logits at every position (when ``mlm_labels`` were
+            given, in eval mode; in training mode None, since the vocabulary projection, as
+            costly as a small encoder, is then computed only where the loss needs it).
+        mlm_target_logits: (K, vocab) masked-LM logits at the K positions whose label is not
+            -100, in row-major order (when ``mlm_labels`` were given).
         answer_logits: (B, num_answers) QA logits (when the model has a QA head).
         cross_attention_blocks: the cross-attention blocks that ran (indices into the schedule).
     """
@@ -41,6 +45,7 @@ class PerceiverVLOutput:
     decoder_states: Tensor | None = None
     matching_logits: Tensor | None = None
     mlm_logits: Tensor | None = None
+    mlm_target_logits: Tensor | None = None
     answer_logits: Tensor | None = None
     cross_attention_blocks: tuple[int, ...] = ()
 
@@ -355,16 +360,19 @@ class PerceiverVL(nn.Module):
         elif matching_labels is not None:
             raise ValueError("matching_labels need both a visual input and text_ids")
         if mlm_labels is not None:
-            out.mlm_logits = self.mlm_head(states[:, 1:])
-            targets = mlm_labels.to(out.mlm_logits.device)
-            if bool((targets != -100).any()):
+            targets = mlm_labels.to(states.device)
+            picked = targets != -100
+            if self.training:
+                out.mlm_target_logits = self.mlm_head(states[:, 1:][picked])
+            else:
+                out.mlm_logits = self.mlm_head(states[:, 1:])
+                out.mlm_target_logits = out.mlm_logits[picked]
+            if bool(picked.any()):
                 out.mlm_loss = F.cross_entropy(
-                    out.mlm_logits.float().reshape(-1, self.config.vocab_size),
-                    targets.reshape(-1),
-                    ignore_index=-100,
+                    out.mlm_target_logits.float(), targets[picked].reshape(-1)
                 )
             else:  # nothing masked in this batch: a zero that still joins the graph
-                out.mlm_loss = out.mlm_logits.sum() * 0.0
+                out.mlm_loss = self.mlm_head(states[:, 1:2]).sum() * 0.0
             losses.append(out.mlm_loss)
         if self.qa_head is not None:
             out.answer_logits = self.qa_head(latents)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .heads import no_autocast
+
 if TYPE_CHECKING:
     from .modeling import PerceiverVL
 
@@ -42,7 +44,9 @@ def multi_stream_scores(model: PerceiverVL, visual_latents: Tensor, text_latents
     """(num_texts, num_visual) cosine similarities of the multi-stream embeddings."""
     _check_latents(model, visual_latents, "visual_latents")
     _check_latents(model, text_latents, "text_latents")
-    return model.embed(text_latents, "text") @ model.embed(visual_latents, "visual").T
+    text, visual = model.embed(text_latents, "text"), model.embed(visual_latents, "visual")
+    with no_autocast(text.device.type):  # bf16 scores would tie (see heads.full_precision)
+        return text @ visual.T
 
 
 def mixed_stream_logits(model: PerceiverVL, visual_latents: Tensor, text_latents: Tensor) -> Tensor:

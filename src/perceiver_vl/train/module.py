@@ -80,6 +80,10 @@ class PerceiverVLModule(pl.LightningModule):
             blocks alone, the paper's first stage), ``cross_attention_and_heads``,
             ``decoder_and_heads`` (the query decoder and the heads on fixed latents) or ``heads``.
         unfreeze_at_step: optimiser step from which everything trains (None = never).
+        two_stage: the paper's two-stage transfer (§4.2) as one switch: the cross-attention
+            blocks alone train (everything else frozen) for this many optimiser steps (>= 1) or
+            this fraction of the schedule (< 1), then everything trains. The same as
+            ``trainable: cross_attention`` + ``unfreeze_at_step``; leave those at their defaults.
         eval_modes: retrieval modes computed at validation (``multi``, ``mixed``).
         seed: seeds the objectives' sampling (negatives).
     """
@@ -110,6 +114,7 @@ class PerceiverVLModule(pl.LightningModule):
         effective_batch_size: int | None = None,
         trainable: Trainable = "all",
         unfreeze_at_step: int | None = None,
+        two_stage: float | None = None,
         eval_modes: Sequence[str] = ("multi", "mixed"),
         seed: int = 0,
     ) -> None:
@@ -149,12 +154,29 @@ class PerceiverVLModule(pl.LightningModule):
                 f"model.eval_modes={list(eval_modes)} must be a subset of ['multi', 'mixed'] "
                 "(single and rerank run in `perceiver-vl evaluate`)"
             )
+        if two_stage is not None:
+            if not two_stage > 0:
+                raise ValueError(
+                    f"model.two_stage={two_stage!r} must be a step count (>= 1) or a fraction of "
+                    "the schedule (0 < x < 1), e.g. 0.1"
+                )
+            if trainable != "all" or unfreeze_at_step is not None:
+                raise ValueError(
+                    "model.two_stage already sets the freezing schedule; leave model.trainable "
+                    f"('{trainable}') at 'all' and model.unfreeze_at_step ({unfreeze_at_step}) "
+                    "unset, or drop two_stage"
+                )
         if warmup < 0:
             raise ValueError(f"model.warmup must be >= 0 (fraction or steps), got {warmup}")
         if effective_batch_size is not None and effective_batch_size < 1:
             raise ValueError(f"model.effective_batch_size must be >= 1, got {effective_batch_size}")
         self.save_hyperparameters()
         self.objectives = objectives
+        # The freezing schedule in force: (what trains first, the step everything trains from).
+        self.freeze_mode: str = "cross_attention" if two_stage is not None else trainable
+        self.unfreeze_step: int | None = (
+            int(two_stage) if two_stage is not None and two_stage >= 1 else unfreeze_at_step
+        )
         self.model = self._build_model(model, pretrained, vit_weights)
         if "qa" in objectives and self.model.qa_head is None:
             raise ValueError(
@@ -303,7 +325,7 @@ class PerceiverVLModule(pl.LightningModule):
                 losses["mlm"] = out.mlm_loss
                 target = mlm_labels != -100
                 if bool(target.any()):
-                    hit = out.mlm_logits.detach().argmax(-1)[target] == mlm_labels[target]
+                    hit = out.mlm_target_logits.detach().argmax(-1) == mlm_labels[target]
                     stats["mlm_acc"] = hit.float().mean()
 
         if "contrastive" in objectives or "retrieval" in objectives:
@@ -539,8 +561,8 @@ class PerceiverVLModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def _trainable_now(self, name: str) -> bool:
-        mode = self.hparams.trainable
-        unfreeze = self.hparams.unfreeze_at_step
+        mode = self.freeze_mode
+        unfreeze = self.unfreeze_step
         if mode == "all" or (unfreeze is not None and self.global_step >= unfreeze):
             return True
         is_cross = name.startswith("model.encoder.cross_attention_blocks")
@@ -558,7 +580,7 @@ class PerceiverVLModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Freezing: drop the gradients of parameters outside the trainable set (the optimiser
         then skips them; ``requires_grad`` stays on so DDP's reducer is unchanged on unfreeze)."""
-        if self.hparams.trainable == "all":
+        if self.freeze_mode == "all":
             return
         for name, param in self.named_parameters():
             if param.grad is not None and not self._trainable_now(name):
@@ -599,6 +621,13 @@ class PerceiverVLModule(pl.LightningModule):
             if not math.isfinite(total) or total <= 0:
                 total = 0
         warmup = hp.warmup if hp.warmup >= 1 else hp.warmup * total
+        if hp.two_stage is not None and hp.two_stage < 1:
+            if total <= 0:
+                raise ValueError(
+                    f"model.two_stage={hp.two_stage} is a fraction of the schedule, whose length "
+                    "is unknown here; give a step count or model.max_schedule_steps"
+                )
+            self.unfreeze_step = max(1, round(hp.two_stage * total))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda=lr_lambda(int(warmup), total, hp.schedule, hp.end_lr_ratio)
         )

@@ -39,6 +39,9 @@ def test_analysis_quick(study, quick_benchmark, tmp_path, capsys):
     payload = json.loads((out / f"{name}.json").read_text())
     rows = payload["rows"]
     assert rows and (out / f"{name}.md").is_file() and (out / f"{name}.png").stat().st_size > 1000
+    if study in ("latent-size", "cross-attention"):  # both the multi- and mixed-stream R@1
+        keys = {f"{m}_{d}_r1" for m in ("multi", "mixed") for d in ("t2v", "v2t")}
+        assert all(keys <= set(r) and all(0 <= r[k] <= 100 for k in keys) for r in rows)
     if study == "latent-size":
         assert [r["latents"] for r in rows] == [8, 16]
         assert rows[1]["gflops"] > rows[0]["gflops"]  # cost grows with N

@@ -86,12 +86,26 @@ def _data(out: Path, settings: DemoSettings, data_root: Path | None, seed: int, 
     return datamodule, data
 
 
-def _r1(model: PerceiverVL, data: Any, *, blocks: Any = None, modes=("mixed",)) -> dict[str, Any]:
+def _r1(model: PerceiverVL, data: Any, *, blocks: Any = None) -> dict[str, float]:
+    """Multi- and mixed-stream R@1 (both directions) as flat ``{mode}_{t2v|v2t}_r1`` keys."""
     from perceiver_vl.train.evaluation import evaluate_retrieval
 
-    return evaluate_retrieval(
-        model, data, modes=modes, cross_attention_layers=blocks, precision="bf16"
+    res = evaluate_retrieval(
+        model, data, modes=("multi", "mixed"), cross_attention_layers=blocks, precision="bf16"
     )
+    return {
+        f"{mode}_{direction}_r1": res[mode][f"{direction}_r1"]
+        for mode in ("multi", "mixed")
+        for direction in ("t2v", "v2t")
+    }
+
+
+_R1_COLUMNS = [
+    ("multi_t2v_r1", "multi t2v R@1"),
+    ("multi_v2t_r1", "multi v2t R@1"),
+    ("mixed_t2v_r1", "mixed t2v R@1"),
+    ("mixed_v2t_r1", "mixed v2t R@1"),
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,7 +138,7 @@ def latent_size(
             model_overrides={"num_latents": n},
             stage=f"latents-{n}",
         )
-        res = _r1(model, data)["mixed"]
+        res = _r1(model, data)
         visual = data.visual(slice(0, 1))
         flops = count_flops(
             model, **visual, text_ids=data.text_ids[:1], text_mask=data.text_mask[:1]
@@ -143,8 +157,7 @@ def latent_size(
         rows.append(
             {
                 "latents": n,
-                "t2v_r1": res["t2v_r1"],
-                "v2t_r1": res["v2t_r1"],
+                **res,
                 "gflops": flops / 1e9,
                 "gflops_paper_input": paper,
             }
@@ -158,8 +171,7 @@ def latent_size(
             rows,
             [
                 ("latents", "N"),
-                ("t2v_r1", "mixed t2v R@1"),
-                ("v2t_r1", "v2t R@1"),
+                *_R1_COLUMNS,
                 ("gflops", "GFLOPs (this input)"),
                 ("gflops_paper_input", "GFLOPs (8x384² + 40 tokens)"),
             ],
@@ -168,9 +180,18 @@ def latent_size(
     )
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.plot([r["latents"] for r in rows], [r["t2v_r1"] for r in rows], marker="o", color="C0")
+    for key, style, label in (("mixed_t2v_r1", "-", "mixed"), ("multi_t2v_r1", "--", "multi")):
+        ax.plot(
+            [r["latents"] for r in rows],
+            [r[key] for r in rows],
+            style,
+            marker="o",
+            color="C0",
+            label=f"{label}-stream t2v R@1",
+        )
+    ax.legend(fontsize=8, loc="upper left")
     ax.set_xlabel("latents N")
-    ax.set_ylabel("mixed-stream t2v R@1 (%)", color="C0")
+    ax.set_ylabel("t2v R@1 (%)", color="C0")
     ax.set_xscale("log", base=2)
     ax2 = ax.twinx()
     ax2.plot([r["latents"] for r in rows], [r["gflops"] for r in rows], marker="s", color="C1")
@@ -281,13 +302,11 @@ def cross_attention(
         k = model.config.num_cross_attention_blocks
         for used in range(1, k + 1):
             blocks = list(range(used))
-            res = _r1(model, data, blocks=blocks)["mixed"]
             rows.append(
                 {
                     "trained_layerdrop": layerdrop,
                     "blocks": str(blocks),
-                    "t2v_r1": res["t2v_r1"],
-                    "v2t_r1": res["v2t_r1"],
+                    **_r1(model, data, blocks=blocks),
                     "latency_ms": _pair_latency_ms(model, data, blocks, 5 if quick else 20),
                 }
             )
@@ -301,8 +320,7 @@ def cross_attention(
             [
                 ("trained_layerdrop", "LayerDrop in training"),
                 ("blocks", "blocks run"),
-                ("t2v_r1", "mixed t2v R@1"),
-                ("v2t_r1", "v2t R@1"),
+                *_R1_COLUMNS,
                 ("latency_ms", "latency per pair (ms)"),
             ],
         ),
@@ -315,11 +333,19 @@ def cross_attention(
     )
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for layerdrop in (0.5, 0.0):
-        pts = [(r["latency_ms"], r["t2v_r1"]) for r in rows if r["trained_layerdrop"] == layerdrop]
-        ax.plot(*zip(*pts), marker="o", label=f"trained with LayerDrop {layerdrop}")
-    ax.set_xlabel("latency per pair (ms)")
-    ax.set_ylabel("mixed-stream t2v R@1 (%)")
+    for color, layerdrop in (("C0", 0.5), ("C1", 0.0)):
+        for key, style in (("mixed_t2v_r1", "-"), ("multi_t2v_r1", "--")):
+            pts = [(r["latency_ms"], r[key]) for r in rows if r["trained_layerdrop"] == layerdrop]
+            mode = key.split("_")[0]
+            ax.plot(
+                *zip(*pts),
+                style,
+                marker="o",
+                color=color,
+                label=f"{mode}, trained with LayerDrop {layerdrop}",
+            )
+    ax.set_xlabel("latency per pair, mixed stream (ms)")
+    ax.set_ylabel("t2v R@1 (%)")
     ax.set_title("Cross-attention blocks kept at inference")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

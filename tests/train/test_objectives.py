@@ -47,6 +47,24 @@ def test_retrieval_candidates_random_and_hard():
     assert hard[0, 1:].tolist() == [5, 4] and hard[5, 1:].tolist() == [4, 3]
 
 
+def test_retrieval_candidates_mix_hard_and_random():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.arange(10, dtype=torch.float).repeat(10, 1)  # item 9 hardest, then 8, ...
+    mixed = retrieval_candidates(10, 4, g, scores=scores, hard_fraction=0.5)
+    assert mixed.shape == (10, 5)
+    for row in range(10):
+        negatives = mixed[row, 1:].tolist()
+        hardest = [i for i in (9, 8, 7, 6) if i != row][:2]
+        assert negatives[:2] == hardest  # the first half: the hardest
+        rest = negatives[2:]  # the rest: random, never the query, never a repeat of the hardest
+        assert row not in rest and not set(rest) & set(hardest)
+    # across rows the random half is not always the next-hardest pair
+    assert any(mixed[r, 3:].tolist() != [i for i in (7, 6, 5, 4) if i != r][:2] for r in range(10))
+    assert retrieval_candidates(10, 4, g, scores=scores, hard_fraction=0.0).shape == (10, 5)
+    with pytest.raises(ValueError, match="hard_fraction"):
+        retrieval_candidates(10, 4, g, scores=scores, hard_fraction=1.5)
+
+
 def test_contrastive_loss_symmetric_and_duplicate_aware():
     v = torch.nn.functional.normalize(torch.eye(4), dim=1)
     scale = torch.tensor(math.log(10.0))

@@ -27,6 +27,8 @@ class DemoSettings:
             fine-tuned (frozen) latents.
         retrieval_negatives: k negatives per query in retrieval fine-tuning (hardest under the
             multi-stream similarity).
+        hard_negative_fraction: share of those k that are the hardest; the rest are random
+            in-batch items (see ``PerceiverVLModule``).
         rerank_k: shortlist length of the multi-stream shortlist + mixed re-rank.
         curve_sizes: gallery sizes n (n texts x n videos) timed for the retrieval-time plot.
         efficiency_frames: frame counts of the efficiency comparison.
@@ -65,6 +67,7 @@ class DemoSettings:
     decoder_steps: int = 100
     decoder_lr: float = 2e-3
     retrieval_negatives: int = 7
+    hard_negative_fraction: float = 1.0
     rerank_k: int = 16
     curve_sizes: tuple[int, ...] = (50, 100, 200)
     efficiency_frames: tuple[int, ...] = (8, 16, 32)

@@ -65,6 +65,10 @@ class PerceiverVLModule(pl.LightningModule):
             ``single`` (joint encoding of every candidate pair).
         retrieval_negatives: k negatives per query.
         hard_negatives: negatives are the k hardest under the multi-stream similarity.
+        hard_negative_fraction: with ``hard_negatives``, only this share of the k negatives is
+            the hardest; the rest are random in-batch items. Hardest-only negatives under the
+            multi-stream similarity share what that similarity already sees, so the mixed
+            stream never learns it; mixing in random ones keeps both.
         retrieval_directions: ``t2v``, ``v2t`` or both (queries are texts / videos).
         optimizer: ``adamw`` or ``adam``; lr, weight_decay, betas, eps as usual (defaults:
             the released code's AdamW 1e-4, betas (0.9, 0.98); weight decay 0.01 except
@@ -100,6 +104,7 @@ class PerceiverVLModule(pl.LightningModule):
         retrieval_stream: Literal["mixed", "single"] = "mixed",
         retrieval_negatives: int = 7,
         hard_negatives: bool = False,
+        hard_negative_fraction: float = 1.0,
         retrieval_directions: Sequence[str] = ("t2v", "v2t"),
         optimizer: Literal["adamw", "adam"] = "adamw",
         lr: float = 1e-4,
@@ -166,6 +171,11 @@ class PerceiverVLModule(pl.LightningModule):
                     f"('{trainable}') at 'all' and model.unfreeze_at_step ({unfreeze_at_step}) "
                     "unset, or drop two_stage"
                 )
+        if not 0.0 <= hard_negative_fraction <= 1.0:
+            raise ValueError(
+                f"model.hard_negative_fraction={hard_negative_fraction!r} must be in [0, 1] "
+                "(the share of the k negatives that are the hardest; the rest are random)"
+            )
         if warmup < 0:
             raise ValueError(f"model.warmup must be >= 0 (fraction or steps), got {warmup}")
         if effective_batch_size is not None and effective_batch_size < 1:
@@ -406,6 +416,7 @@ class PerceiverVLModule(pl.LightningModule):
                 generator,
                 scores=direction_scores,
                 keys=keys,
+                hard_fraction=self.hparams.hard_negative_fraction,
             ).to(ids.device)
             k1 = cand.shape[1]
             query = torch.arange(size, device=ids.device)[:, None].expand(-1, k1).reshape(-1)

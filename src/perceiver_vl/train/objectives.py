@@ -159,16 +159,20 @@ def retrieval_candidates(
     *,
     scores: Tensor | None = None,
     keys: Tensor | None = None,
+    hard_fraction: float = 1.0,
 ) -> Tensor:
     """(B, 1 + k) candidate indices per query: column 0 is the positive (the query's own item),
     then k negatives drawn from the other items of the batch.
 
-    Negatives are random, or the k highest-scoring under ``scores`` (B, B) (query x item, e.g.
-    the multi-stream similarity) when given. Items with the query's caption key are never
+    Negatives are random, or, when ``scores`` (B, B) (query x item, e.g. the multi-stream
+    similarity) is given, the ``round(hard_fraction * k)`` highest-scoring items followed by
+    random other items (all k hardest by default). Items with the query's caption key are never
     negatives. With fewer valid items than k, negatives repeat (sampled with replacement).
     """
     if num_negatives < 1:
         raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    if not 0.0 <= hard_fraction <= 1.0:
+        raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
     if batch_size < 2:
         raise ValueError(
             f"retrieval fine-tuning needs at least 2 samples per batch for negatives, got "
@@ -181,9 +185,10 @@ def retrieval_candidates(
     # rows with no valid negative fall back to "any other item"
     empty = ~valid.any(dim=1)
     valid[empty] = ~torch.eye(batch_size, dtype=torch.bool)[empty]
-    if scores is not None:
+    num_hard = int(round(hard_fraction * num_negatives)) if scores is not None else 0
+    if num_hard:
         ranked = scores.detach().float().cpu().masked_fill(~valid, float("-inf"))
-        k = min(num_negatives, batch_size - 1)
+        k = min(num_hard, batch_size - 1)
         top = ranked.topk(k, dim=1).indices
         # a -inf pick (fewer valid than k) is replaced by a random valid item
         picked_valid = valid.gather(1, top)
@@ -191,9 +196,15 @@ def retrieval_candidates(
             random = torch.multinomial(valid.float(), k, replacement=True, generator=generator)
             top = torch.where(picked_valid, top, random)
         negatives = top
-        if k < num_negatives:
+        if k < num_negatives:  # the rest at random, preferring items not already picked
+            rest = valid.clone()
+            rest.scatter_(1, top, False)
+            rest[~rest.any(dim=1)] = valid[~rest.any(dim=1)]
             extra = torch.multinomial(
-                valid.float(), num_negatives - k, replacement=True, generator=generator
+                rest.float(),
+                num_negatives - k,
+                replacement=bool((rest.sum(1) < num_negatives - k).any()),
+                generator=generator,
             )
             negatives = torch.cat([negatives, extra], dim=1)
     else:

@@ -15,6 +15,7 @@ VARIANTS = [
     dict(latent_position_encoding="learned"),
     dict(latent_position_encoding="fourier"),
     dict(modality_aggregation="separate_plus", latent_position_encoding="fourier"),
+    dict(frame_difference=True),
 ]
 
 
@@ -117,3 +118,34 @@ def test_with_num_latents(method):
         torch.testing.assert_close(same.encoder.latents, model.encoder.latents)
     with pytest.raises(ValueError, match="method"):
         model.with_num_latents(4, method="nearest")
+
+
+def test_frame_difference_adds_only_the_change_between_frames():
+    torch.manual_seed(0)
+    plain = PerceiverVL(tiny_config()).eval()
+    motion = PerceiverVL(tiny_config(frame_difference=True)).eval()
+    missing, unexpected = motion.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["visual_embed.difference_proj.weight"] and not unexpected
+    video, _, _ = make_inputs()
+    still = video[:, :1].expand(-1, 3, -1, -1, -1).contiguous()
+    with torch.no_grad():
+        # a still video and an image carry no change: the tokens are the plain model's
+        assert torch.equal(
+            motion.visual_embed(still, is_video=True), plain.visual_embed(still, is_video=True)
+        )
+        assert torch.equal(
+            motion.visual_embed(video[:, :1], is_video=False),
+            plain.visual_embed(video[:, :1], is_video=False),
+        )
+        moving, ref = motion.visual_embed(video, is_video=True), plain.visual_embed(video, is_video=True)
+        per_frame = moving.shape[1] // 3
+        # the first frame has no predecessor; later patch tokens move by the projected change
+        assert torch.equal(moving[:, :per_frame], ref[:, :per_frame])
+        assert (moving[:, per_frame + 1 : 2 * per_frame] - ref[:, per_frame + 1 : 2 * per_frame]).abs().min() > 0
+        # the per-frame tokens carry no patch content and stay as they were
+        assert torch.equal(moving[:, per_frame], ref[:, per_frame])
+        # the same change projected by hand for frame 1, patch 0
+        p = plain.config.patch_size
+        change = (video[:, 1, :, :p, :p] - video[:, 0, :, :p, :p]).reshape(2, -1)
+        expected = ref[:, per_frame + 1] + change @ motion.visual_embed.difference_proj.weight.T
+        assert torch.allclose(moving[:, per_frame + 1], expected, atol=1e-5)

@@ -52,6 +52,10 @@ class PerceiverVLConfig:
             the LayerNorm-ed latents) or ``"standard"`` (pre-LN: ``x + attn(norm(x))``).
         modality_embedding: Add a learned visual/text type embedding to every input token
             (paper §3.1; the released model has none). False.
+        frame_difference: Also project each video patch's change from the same patch in the
+            previous frame and add it to the patch's token (a causal two-frame tubelet; the
+            first frame's change is zero; images are unaffected). Gives the encoder first-order
+            motion features; not in the paper or the released model. False.
         modality_aggregation: How the latents read the two modalities (paper §4.1, Fig. 3).
             ``"joint"``: one input array, one cross-attention per schedule position (default).
             ``"separate"``: a visual then a text cross-attention at each schedule position.
@@ -86,6 +90,7 @@ class PerceiverVLConfig:
     inference_cross_attention_blocks: tuple[int, ...] | None = None
     cross_attention_residual: CrossAttentionResidual = "normalized"
     modality_embedding: bool = False
+    frame_difference: bool = False
     modality_aggregation: ModalityAggregation = "joint"
     latent_position_encoding: LatentPositionEncoding = "none"
     contrastive_dim: int = 256

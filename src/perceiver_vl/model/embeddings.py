@@ -24,7 +24,9 @@ class VisualEmbedding(nn.Module):
 
     Parameter names follow the released checkpoint: ``patch_embed.proj`` (strided Conv2d),
     ``cls_token`` (the per-frame token), ``pos_embed`` (row 0 for the frame token, rows 1.. a
-    row-major grid), ``temporal_embed`` (one row per frame index).
+    row-major grid), ``temporal_embed`` (one row per frame index); with
+    ``config.frame_difference``, ``difference_proj`` projects each patch's change from the
+    previous frame (no bias).
     """
 
     def __init__(self, config: PerceiverVLConfig) -> None:
@@ -42,6 +44,9 @@ class VisualEmbedding(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.temporal_embed, std=0.02)
+        self.difference_proj = (
+            nn.Linear(3 * config.patch_size**2, d, bias=False) if config.frame_difference else None
+        )
 
     @property
     def max_frames(self) -> int:
@@ -68,6 +73,14 @@ class VisualEmbedding(nn.Module):
             .reshape(b * t * h * w, c * p * p)
         )
         x = F.linear(patches, proj.weight.reshape(proj.out_channels, -1), proj.bias)
+        if self.difference_proj is not None and is_video and t > 1:
+            # each patch minus the same patch one frame earlier (zero for the first frame),
+            # projected and added: one more matmul of the patch projection's size
+            per_frame = patches.view(b, t, h * w, c * p * p)
+            change = torch.cat(
+                [torch.zeros_like(per_frame[:, :1]), per_frame[:, 1:] - per_frame[:, :-1]], dim=1
+            )
+            x = x + self.difference_proj(change.view(b * t * h * w, -1))
         x = x.view(b * t, h * w, -1)  # (B*T, h*w, D)
         pos = self.pos_embed[0]
         grid_pos = resize_position_grid(pos[1:], (self.grid_size, self.grid_size), (h, w))

@@ -69,10 +69,10 @@ class DemoSettings:
     retrieval_negatives: int = 7
     hard_negative_fraction: float = 1.0
     rerank_k: int = 16
-    curve_sizes: tuple[int, ...] = (50, 100, 200)
+    curve_sizes: tuple[int, ...] = (50, 100)
     efficiency_frames: tuple[int, ...] = (8, 16, 32)
     efficiency_image_size: int = 384
-    latency_repeats: int = 5
+    latency_repeats: int = 3
 
     @classmethod
     def full(cls) -> DemoSettings:

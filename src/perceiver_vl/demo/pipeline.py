@@ -331,7 +331,7 @@ def train_mixed_decoder(
         retrieval_stream="mixed",
         retrieval_negatives=settings.retrieval_negatives,
         hard_negatives=True,
-        hard_negative_fraction=settings.hard_negative_fraction,
+        hard_negative_fraction=settings.decoder_hard_negative_fraction,
         trainable="decoder_and_heads",
         lr=settings.decoder_lr,
         warmup=0.05,

@@ -29,6 +29,9 @@ class DemoSettings:
             multi-stream similarity).
         hard_negative_fraction: share of those k that are the hardest; the rest are random
             in-batch items (see ``PerceiverVLModule``).
+        decoder_hard_negative_fraction: the same for stage 3. Hardest-only negatives share the
+            colour and size that the multi-stream similarity already separates, so a decoder
+            trained on them alone never learns to read those; half random keeps both.
         rerank_k: shortlist length of the multi-stream shortlist + mixed re-rank.
         curve_sizes: gallery sizes n (n texts x n videos) timed for the retrieval-time plot.
         efficiency_frames: frame counts of the efficiency comparison.
@@ -68,6 +71,7 @@ class DemoSettings:
     decoder_lr: float = 2e-3
     retrieval_negatives: int = 7
     hard_negative_fraction: float = 1.0
+    decoder_hard_negative_fraction: float = 0.5
     rerank_k: int = 16
     curve_sizes: tuple[int, ...] = (50, 100)
     efficiency_frames: tuple[int, ...] = (8, 16, 32)

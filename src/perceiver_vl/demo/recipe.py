@@ -64,7 +64,7 @@ class DemoSettings:
     )
     batch_size: int = 64
     pretrain_steps: int = 120
-    finetune_steps: int = 550
+    finetune_steps: int = 400
     pretrain_lr: float = 1e-3
     finetune_lr: float = 1e-3
     decoder_steps: int = 100

@@ -169,7 +169,6 @@ def test_single_stream_scores_images_and_fallback():
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
 
 
-
 def test_scores_under_bf16_autocast_stay_full_precision_and_do_not_tie(tiny_model):
     """A bf16 logit has 8 significant bits: scoring hundreds of candidates in bf16 ties most of
     them (and pessimistic tie-breaking then sinks the recall), so the score heads opt out."""

@@ -137,11 +137,16 @@ def test_frame_difference_adds_only_the_change_between_frames():
             motion.visual_embed(video[:, :1], is_video=False),
             plain.visual_embed(video[:, :1], is_video=False),
         )
-        moving, ref = motion.visual_embed(video, is_video=True), plain.visual_embed(video, is_video=True)
+        moving, ref = (
+            motion.visual_embed(video, is_video=True),
+            plain.visual_embed(video, is_video=True),
+        )
         per_frame = moving.shape[1] // 3
         # the first frame has no predecessor; later patch tokens move by the projected change
         assert torch.equal(moving[:, :per_frame], ref[:, :per_frame])
-        assert (moving[:, per_frame + 1 : 2 * per_frame] - ref[:, per_frame + 1 : 2 * per_frame]).abs().min() > 0
+        assert (
+            moving[:, per_frame + 1 : 2 * per_frame] - ref[:, per_frame + 1 : 2 * per_frame]
+        ).abs().min() > 0
         # the per-frame tokens carry no patch content and stay as they were
         assert torch.equal(moving[:, per_frame], ref[:, per_frame])
         # the same change projected by hand for frame 1, patch 0

@@ -169,8 +169,13 @@ def test_two_stage_switch_trains_cross_attention_first_then_everything(tmp_path)
 
     loader = torch.utils.data.DataLoader([_batch()] * 4, batch_size=None)
     trainer = pl.Trainer(
-        max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[Snap()], default_root_dir=str(tmp_path),
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Snap()],
+        default_root_dir=str(tmp_path),
     )
     start = {n: p.detach().clone() for n, p in module.named_parameters()}
     trainer.fit(module, loader)

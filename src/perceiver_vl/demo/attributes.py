@@ -56,7 +56,9 @@ def load_attributes(annotations: str | Path, captions: Sequence[str]) -> list[di
 
 
 def attribute_agreement(
-    scores: Tensor, text_attributes: Sequence[dict[str, str]], video_attributes: Sequence[dict[str, str]]
+    scores: Tensor,
+    text_attributes: Sequence[dict[str, str]],
+    video_attributes: Sequence[dict[str, str]],
 ) -> dict[str, dict[str, float]]:
     """For (num_texts, num_videos) ``scores``: the % of captions whose top-ranked video shares
     each attribute, and the chance rate (the % of (caption, video) pairs that share it)."""

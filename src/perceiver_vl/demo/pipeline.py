@@ -418,9 +418,7 @@ def run_demo(
 
     attributes = clock.run(
         "which caption attributes the top-ranked videos share",
-        lambda: attribute_study(
-            model, data, load_attributes(data_root / "test.jsonl", captions)
-        ),
+        lambda: attribute_study(model, data, load_attributes(data_root / "test.jsonl", captions)),
     )
 
     # 5. LayerDrop trade-off at inference: all blocks vs only the first ---------------------------

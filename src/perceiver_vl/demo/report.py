@@ -77,7 +77,9 @@ def attribute_table(metrics: dict[str, Any]) -> str:
     for key, name in ATTRIBUTE_NAMES.items():
         if modes and key in study[modes[0]]:
             cells = [_f(study[m][key]["top1_agreement"]) for m in modes]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_f(study[modes[0]][key]['chance'])} |")
+            lines.append(
+                f"| {name} | " + " | ".join(cells) + f" | {_f(study[modes[0]][key]['chance'])} |"
+            )
     return "\n".join(lines)
 
 
@@ -154,6 +156,23 @@ def _plot_efficiency(metrics: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def efficiency_note(metrics: dict[str, Any]) -> str:
+    """How the efficiency latencies were taken (few calls, to fit the demo's time budget)."""
+    rows = metrics["efficiency"]
+    if not rows:
+        return ""
+    repeats = [int(r.get("repeats") or 0) for r in rows]
+    span = f"{min(repeats)}" if min(repeats) == max(repeats) else f"{min(repeats)}-{max(repeats)}"
+    first = rows[0]
+    return (
+        f"Paper-size models (N = {first['latents']}), frames of {first['image_size']}², "
+        f"{first.get('text_length', 40)} text tokens, {first['dtype']}, batch {first['batch']}, "
+        f"random weights; latency is the median of {span} timed call(s) after one warm-up "
+        "(fewer for the slowest cases), to fit the demo's time budget. "
+        "`perceiver-vl bench` measures with more repeats and reports p10/p90."
+    )
+
+
 def write_report(metrics: dict[str, Any], out: Path) -> Path:
     """``report.md`` + ``retrieval_time.png`` + ``efficiency.png`` in ``out``."""
     plots = [_plot_retrieval_time(metrics, out / "retrieval_time.png")]
@@ -186,6 +205,8 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         "## Efficiency against the joint-transformer baseline",
         "",
         efficiency_table(metrics) if metrics["efficiency"] else "(not measured)",
+        "",
+        efficiency_note(metrics),
         "",
         "![efficiency](efficiency.png)",
         "",

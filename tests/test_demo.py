@@ -67,37 +67,42 @@ def test_attribute_agreement_counts_shared_attributes_of_the_top_video():
 
 
 @pytest.mark.slow
-def test_same_seed_gives_the_same_benchmark_and_training(tmp_path):
-    """Item 6 of the main job: the same seed reproduces the data and the trained weights
-    on one machine, up to floating-point noise; another seed does not."""
-    import lightning.pytorch as pl
-    import torch
-
-    from perceiver_vl.demo.pipeline import finetune_model, prepare_training_data
+def test_same_seed_gives_the_same_metrics(tmp_path):
+    """Item 6 of the main job: the demo run twice with one seed reports the same retrieval
+    metrics and training losses (up to floating-point noise); another seed does not."""
+    from perceiver_vl.demo.pipeline import run_demo
     from perceiver_vl.demo.recipe import DemoSettings
 
-    settings = DemoSettings.quick()
-    settings.num_train, settings.num_val, settings.num_test = 48, 4, 8
-    settings.batch_size, settings.finetune_steps = 16, 4
-
-    def run(name: str, seed: int):
-        pl.seed_everything(seed, workers=True, verbose=False)  # as `perceiver-vl demo` does
-        root = tmp_path / f"data-{name}"
-        datamodule = prepare_training_data(root, settings, seed=seed, progress=False)
-        model, _ = finetune_model(
-            None, datamodule, settings, tmp_path / name, seed=seed, progress=False
+    def run(name: str, seed: int) -> dict:
+        settings = DemoSettings.quick()
+        settings.num_train, settings.num_val, settings.num_test = 48, 4, 12
+        settings.batch_size, settings.pretrain_steps = 16, 3
+        settings.finetune_steps, settings.decoder_steps = 4, 2
+        settings.curve_sizes, settings.efficiency_frames = (4,), (8,)
+        return run_demo(
+            tmp_path / name,
+            seed=seed,
+            settings=settings,
+            progress=False,
+            build_index=False,
+            log=lambda _: None,
         )
-        return (root / "train.jsonl").read_text(), model.state_dict()
 
-    captions_a, weights_a = run("a", 0)
-    captions_b, weights_b = run("b", 0)
-    captions_c, weights_c = run("c", 1)
-    assert captions_a == captions_b and captions_a != captions_c
-    assert weights_a.keys() == weights_b.keys()
-    # Up to floating-point noise: run alone the weights are bit-identical, but inside the full
-    # suite the two runs differed in the last bits (cause not pinned down; after four steps
-    # such noise stays far below these tolerances, while another seed moves weights by > 1e-2).
-    for key in weights_a:
-        torch.testing.assert_close(weights_a[key], weights_b[key], rtol=1e-3, atol=1e-4, msg=key)
-    other_seed = max(float((weights_a[k] - weights_c[k]).abs().max()) for k in weights_a)
-    assert other_seed > 1e-2
+    def comparable(metrics: dict) -> dict:
+        retrieval = {
+            mode: {k: v for k, v in row.items() if k != "seconds"}
+            for mode, row in metrics["retrieval"].items()
+        }
+        losses = {stage: t["final"] for stage, t in metrics["training"].items()}
+        return {"retrieval": retrieval, "losses": losses}
+
+    a, b, c = (comparable(run(n, s)) for n, s in (("a", 0), ("b", 0), ("c", 1)))
+    # Up to floating-point noise: alone the runs are bit-identical, but inside the full suite
+    # two runs differed in the last bits of the weights (cause not pinned down).
+    assert a["retrieval"] == b["retrieval"]
+    for stage, final in a["losses"].items():
+        assert final == pytest.approx(b["losses"][stage], rel=1e-3, abs=1e-3), stage
+    assert any(
+        final != pytest.approx(c["losses"][stage], rel=1e-3, abs=1e-3)
+        for stage, final in a["losses"].items()
+    )

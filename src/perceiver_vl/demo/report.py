@@ -167,8 +167,8 @@ def efficiency_note(metrics: dict[str, Any]) -> str:
     return (
         f"Paper-size models (N = {first['latents']}), frames of {first['image_size']}², "
         f"{first['text_length']} text tokens, {first['dtype']}, batch {first['batch']}, "
-        f"random weights; latency is the median of {span} timed call(s) after one warm-up "
-        "(fewer for the slowest cases), to fit the demo's time budget. "
+        f"random weights; latency is the median of {span} timed call(s) after one warm-up, "
+        "to fit the demo's time budget. "
         "`perceiver-vl bench` measures with more repeats and reports p10/p90."
     )
 

@@ -154,3 +154,18 @@ def test_frame_difference_adds_only_the_change_between_frames():
         change = (video[:, 1, :, :p, :p] - video[:, 0, :, :p, :p]).reshape(2, -1)
         expected = ref[:, per_frame + 1] + change @ motion.visual_embed.difference_proj.weight.T
         assert torch.allclose(moving[:, per_frame + 1], expected, atol=1e-5)
+
+
+def test_visual_position_init_std_sets_the_scale_of_where_and_when():
+    torch.manual_seed(0)
+    default = PerceiverVL(tiny_config())
+    wide = PerceiverVL(tiny_config(visual_position_init_std=0.2))
+    for model, std in ((default, 0.02), (wide, 0.2)):
+        for table in (model.visual_embed.pos_embed, model.visual_embed.temporal_embed):
+            assert abs(table.std().item() - std) < 0.3 * std
+    # only the two tables differ in kind: every other parameter has the default's shape
+    assert {k: v.shape for k, v in default.state_dict().items()} == {
+        k: v.shape for k, v in wide.state_dict().items()
+    }
+    with pytest.raises(ValueError, match="visual_position_init_std"):
+        tiny_config(visual_position_init_std=-1.0)

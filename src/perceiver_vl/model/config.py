@@ -56,6 +56,11 @@ class PerceiverVLConfig:
             previous frame and add it to the patch's token (a causal two-frame tubelet; the
             first frame's change is zero; images are unaffected). Gives the encoder first-order
             motion features; not in the paper or the released model. False.
+        visual_position_init_std: Standard deviation of the visual position and temporal tables at
+            initialisation. 0.02 (ViT and the released code). Patch tokens start out near 0.3 per
+            element, so at 0.02 "where" and "when" are almost invisible to a model trained from
+            scratch for a few hundred steps; 0.2 puts them on the scale of the patch content
+            (ours; the demo uses it). Irrelevant when weights are loaded.
         modality_aggregation: How the latents read the two modalities (paper §4.1, Fig. 3).
             ``"joint"``: one input array, one cross-attention per schedule position (default).
             ``"separate"``: a visual then a text cross-attention at each schedule position.
@@ -91,6 +96,7 @@ class PerceiverVLConfig:
     cross_attention_residual: CrossAttentionResidual = "normalized"
     modality_embedding: bool = False
     frame_difference: bool = False
+    visual_position_init_std: float = 0.02
     modality_aggregation: ModalityAggregation = "joint"
     latent_position_encoding: LatentPositionEncoding = "none"
     contrastive_dim: int = 256
@@ -171,6 +177,11 @@ class PerceiverVLConfig:
             raise ValueError(
                 "PerceiverVLConfig.cross_attention_residual must be 'normalized' or 'standard', "
                 f"got {self.cross_attention_residual!r}"
+            )
+        if not 0.0 <= self.visual_position_init_std <= 10.0:
+            raise ValueError(
+                "PerceiverVLConfig.visual_position_init_std must be in [0, 10], "
+                f"got {self.visual_position_init_std}; the ViT default is 0.02"
             )
         if self.modality_aggregation not in ("joint", "separate", "separate_plus"):
             raise ValueError(

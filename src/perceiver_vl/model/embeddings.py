@@ -42,8 +42,9 @@ class VisualEmbedding(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + config.grid_size**2, d))
         self.temporal_embed = nn.Parameter(torch.zeros(1, config.max_frames, d))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.temporal_embed, std=0.02)
+        std = config.visual_position_init_std
+        nn.init.trunc_normal_(self.pos_embed, std=std)
+        nn.init.trunc_normal_(self.temporal_embed, std=std)
         self.difference_proj = (
             nn.Linear(3 * config.patch_size**2, d, bias=False) if config.frame_difference else None
         )

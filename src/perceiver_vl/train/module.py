@@ -88,6 +88,14 @@ class PerceiverVLModule(pl.LightningModule):
             blocks alone train (everything else frozen) for this many optimiser steps (>= 1) or
             this fraction of the schedule (< 1), then everything trains. The same as
             ``trainable: cross_attention`` + ``unfreeze_at_step``; leave those at their defaults.
+        locked_text_steps: for this many optimiser steps, the contrastive loss compares the
+            visual embeddings with the text embeddings of a frozen, freshly initialised copy of
+            the model (random but fixed text features, identical on every rank) instead of the
+            live text side; afterwards both sides train as usual. When both sides of a shared
+            encoder learn from scratch together, the text side settles on what is easiest to
+            see (colour, size) and the visual side never gets a signal for the rest (motion);
+            fixed random text features keep every caption word distinct, so the visual side
+            learns all of them first (see docs/analyses.md). 0 = off.
         eval_modes: retrieval modes computed at validation (``multi``, ``mixed``).
         seed: seeds the objectives' sampling (negatives).
     """
@@ -120,6 +128,7 @@ class PerceiverVLModule(pl.LightningModule):
         trainable: Trainable = "all",
         unfreeze_at_step: int | None = None,
         two_stage: float | None = None,
+        locked_text_steps: int = 0,
         eval_modes: Sequence[str] = ("multi", "mixed"),
         seed: int = 0,
     ) -> None:
@@ -176,6 +185,13 @@ class PerceiverVLModule(pl.LightningModule):
                 f"model.hard_negative_fraction={hard_negative_fraction!r} must be in [0, 1] "
                 "(the share of the k negatives that are the hardest; the rest are random)"
             )
+        if locked_text_steps < 0:
+            raise ValueError(f"model.locked_text_steps must be >= 0, got {locked_text_steps}")
+        if locked_text_steps and "contrastive" not in objectives:
+            raise ValueError(
+                "model.locked_text_steps only changes the 'contrastive' objective; add it to "
+                "model.objectives or set locked_text_steps: 0"
+            )
         if warmup < 0:
             raise ValueError(f"model.warmup must be >= 0 (fraction or steps), got {warmup}")
         if effective_batch_size is not None and effective_batch_size < 1:
@@ -197,6 +213,7 @@ class PerceiverVLModule(pl.LightningModule):
         self.layerdrop_log: list[tuple[int, tuple[int, ...]]] = []
         self._val_store: dict[int, dict[str, list[Any]]] = {}
         self._new_head_names: set[str] = set()
+        self._locked_text_model: PerceiverVL | None = None  # built on first use, never saved
 
     # ------------------------------------------------------------------ model construction
     def _build_model(
@@ -342,15 +359,22 @@ class PerceiverVLModule(pl.LightningModule):
             need_latents = "contrastive" in objectives or self.hparams.retrieval_stream == "mixed"
             need_latents = need_latents or self.hparams.hard_negatives
             visual_latents = text_latents = None
+            locked = self.global_step < self.hparams.locked_text_steps
             if need_latents:
                 visual_latents = model.encode(**vis, layerdrop_step=layerdrop_step)
-                text_latents = model.encode(
-                    text_ids=ids, text_mask=mask, layerdrop_step=layerdrop_step
-                )
+                if not locked or "retrieval" in objectives:
+                    text_latents = model.encode(
+                        text_ids=ids, text_mask=mask, layerdrop_step=layerdrop_step
+                    )
             if "contrastive" in objectives:
+                text_embedding = (
+                    self._locked_text_embedding(ids, mask)
+                    if locked
+                    else model.embed(text_latents, "text")
+                )
                 loss, logits = contrastive_loss(
                     model.embed(visual_latents, "visual"),
-                    model.embed(text_latents, "text"),
+                    text_embedding,
                     model.contrastive_head.logit_scale,
                     keys=keys,
                 )
@@ -387,6 +411,21 @@ class PerceiverVLModule(pl.LightningModule):
             blocks = model.select_cross_attention_blocks(None, layerdrop_step)
         stats["_blocks"] = torch.tensor(blocks)
         return losses, stats
+
+    @torch.no_grad()
+    def _locked_text_embedding(self, ids: Tensor, mask: Tensor | None) -> Tensor:
+        """Text embeddings of a frozen, freshly initialised copy of the model (same config,
+        initialised from ``seed`` so every rank builds the same one); not a submodule, so it is
+        neither optimised nor saved."""
+        if self._locked_text_model is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.hparams.seed)
+                locked = PerceiverVL(self.model.config.replace(layerdrop=0.0, dropout=0.0))
+            object.__setattr__(self, "_locked_text_model", locked.eval().requires_grad_(False))
+        locked = self._locked_text_model
+        if next(locked.parameters()).device != ids.device:
+            locked.to(ids.device)
+        return locked.embed(locked.encode(text_ids=ids, text_mask=mask), "text")
 
     def _retrieval_loss(
         self,

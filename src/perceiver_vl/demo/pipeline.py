@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -272,6 +273,38 @@ def pretrain_model(
     return module, metrics
 
 
+def warm_up_visual(
+    pretrained_dir: Path,
+    datamodule: Any,
+    settings: DemoSettings,
+    out: Path,
+    *,
+    seed: int,
+    progress: bool,
+    stage: str = "warmup",
+) -> Any:
+    """Stage 1b: the visual side learns against fixed text features (``locked_text_steps``).
+
+    Trained together from the start, both sides of the shared encoder settle on what is
+    easiest to see (colour, size) and motion never separates; against the fixed text features
+    of a freshly initialised copy every caption word stays distinct, so the visual side learns
+    motion too (docs/analyses.md has the measurements).
+    """
+    from perceiver_vl.train.module import PerceiverVLModule
+
+    module = PerceiverVLModule(
+        pretrained=str(pretrained_dir),
+        model={"layerdrop": settings.model["layerdrop"], "dropout": settings.model["dropout"]},
+        objectives=["contrastive"],
+        locked_text_steps=settings.warmup_steps,
+        lr=settings.warmup_lr,
+        warmup=0.1,
+        seed=seed,
+    )
+    metrics = _train_stage(module, datamodule, out, stage, settings.warmup_steps, progress)
+    return module, metrics
+
+
 def finetune_model(
     pretrained_dir: Path | None,
     datamodule: Any,
@@ -283,8 +316,9 @@ def finetune_model(
     model_overrides: dict[str, Any] | None = None,
     stage: str = "finetune",
 ) -> tuple[PerceiverVL, dict[str, float]]:
-    """Stage 2: contrastive (multi-stream) + mixed-stream retrieval with hard negatives.
-    Starts from ``pretrained_dir`` (or from scratch when None)."""
+    """Stage 2: ``settings.finetune_objectives``: contrastive (multi-stream), optionally with
+    mixed-stream retrieval on hard negatives. Starts from ``pretrained_dir`` (or from scratch
+    when None)."""
     from perceiver_vl.train.module import PerceiverVLModule
 
     overrides = {"layerdrop": settings.model["layerdrop"], "dropout": settings.model["dropout"]}
@@ -292,7 +326,7 @@ def finetune_model(
     module = PerceiverVLModule(
         pretrained=None if pretrained_dir is None else str(pretrained_dir),
         model=overrides if pretrained_dir is not None else {**settings.model, **overrides},
-        objectives=["contrastive", "retrieval"],
+        objectives=list(settings.finetune_objectives),
         retrieval_stream="mixed",
         retrieval_negatives=settings.retrieval_negatives,
         hard_negatives=True,
@@ -346,6 +380,15 @@ def train_mixed_decoder(
     return model, metrics
 
 
+def build_demo_index(index_dir: Path, model_dir: Path, annotations: Path, *, progress: bool):
+    """The demo's own index of its own model. A rerun replaces it: an index refuses any model
+    other than the one it was built with, and the demo's model changes with every run."""
+    from perceiver_vl.retrieval import RetrievalIndex
+
+    shutil.rmtree(index_dir, ignore_errors=True)
+    return RetrievalIndex.build(index_dir, model_dir, annotations, progress=progress)
+
+
 def run_demo(
     out_dir: str | os.PathLike = "runs/demo",
     *,
@@ -384,10 +427,20 @@ def run_demo(
     )
     pretrained_dir = out / "pretrained"
     pretrain.model.save_pretrained(pretrained_dir)
+    warmup_metrics: dict[str, float] = {}
+    if settings.warmup_steps:
+        warmed, warmup_metrics = clock.run(
+            "warm up the visual side against fixed text features (contrastive)",
+            lambda: warm_up_visual(
+                pretrained_dir, datamodule, settings, out, seed=seed, progress=progress
+            ),
+        )
+        pretrained_dir = out / "warmed_up"
+        warmed.model.save_pretrained(pretrained_dir)
 
     # 3. retrieval fine-tuning: contrastive (multi-stream) + mixed-stream hard negatives -------
     model, finetune_metrics = clock.run(
-        "fine-tune for retrieval (contrastive + mixed stream)",
+        f"fine-tune for retrieval ({' + '.join(settings.finetune_objectives)})",
         lambda: finetune_model(
             pretrained_dir, datamodule, settings, out, seed=seed, progress=progress
         ),
@@ -477,9 +530,7 @@ def run_demo(
     if build_index:
 
         def index_and_search() -> dict[str, Any]:
-            from perceiver_vl.retrieval import RetrievalIndex
-
-            index = RetrievalIndex.build(
+            index = build_demo_index(
                 out / "index", model_dir, data_root / "test.jsonl", progress=progress
             )
             query = captions[0]
@@ -508,6 +559,11 @@ def run_demo(
                 "steps": settings.pretrain_steps,
                 "final": pretrain_metrics,
                 "curve": _loss_curve(out, "pretrain"),
+            },
+            "warmup": {
+                "steps": settings.warmup_steps,
+                "final": warmup_metrics,
+                "curve": _loss_curve(out, "warmup"),
             },
             "finetune": {
                 "steps": settings.finetune_steps,

@@ -217,7 +217,16 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         "## Training",
         "",
         f"- pretraining (vision-text matching + masked LM, LayerDrop): {training['pretrain']['steps']} steps",
-        f"- fine-tuning (contrastive + mixed-stream hard negatives): {training['finetune']['steps']} steps",
+        *(
+            [
+                f"- visual warm-up (contrastive against the fixed text features of a freshly "
+                f"initialised copy): {training['warmup']['steps']} steps"
+            ]
+            if training.get("warmup", {}).get("steps")
+            else []
+        ),
+        f"- fine-tuning ({' + '.join(metrics.get('settings', {}).get('finetune_objectives', ['contrastive']))}): "
+        f"{training['finetune']['steps']} steps",
         f"- mixed-stream decoder on the fine-tuned latents (encoder frozen): {training['decoder']['steps']} steps",
         "",
         "| stage | seconds |",

@@ -427,7 +427,9 @@ def run_demo(
     )
     pretrained_dir = out / "pretrained"
     pretrain.model.save_pretrained(pretrained_dir)
+    # 2b. visual warm-up against fixed text features (so that motion is learned) ----------------
     warmup_metrics: dict[str, float] = {}
+    start_dir = pretrained_dir
     if settings.warmup_steps:
         warmed, warmup_metrics = clock.run(
             "warm up the visual side against fixed text features (contrastive)",
@@ -435,15 +437,13 @@ def run_demo(
                 pretrained_dir, datamodule, settings, out, seed=seed, progress=progress
             ),
         )
-        pretrained_dir = out / "warmed_up"
-        warmed.model.save_pretrained(pretrained_dir)
+        start_dir = out / "warmed_up"
+        warmed.model.save_pretrained(start_dir)
 
-    # 3. retrieval fine-tuning: contrastive (multi-stream) + mixed-stream hard negatives -------
+    # 3. retrieval fine-tuning (settings.finetune_objectives), then the mixed-stream decoder ----
     model, finetune_metrics = clock.run(
         f"fine-tune for retrieval ({' + '.join(settings.finetune_objectives)})",
-        lambda: finetune_model(
-            pretrained_dir, datamodule, settings, out, seed=seed, progress=progress
-        ),
+        lambda: finetune_model(start_dir, datamodule, settings, out, seed=seed, progress=progress),
     )
     model_dir = out / "model"
     model.save_pretrained(model_dir)

@@ -43,3 +43,23 @@ def make_inputs(batch=2, frames=3, size=32, length=7, vocab=100, seed=0):
     ids = torch.randint(5, vocab, (batch, length), generator=g)
     mask = torch.ones(batch, length, dtype=torch.bool)
     return video, ids, mask
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic video benchmark (32 / 8 / 8 clips of 32 px), generated once a session."""
+    from perceiver_vl.data.synthetic import generate_benchmark
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_benchmark(
+        root,
+        num_train=32,
+        num_val=8,
+        num_test=8,
+        frames=(2, 3),
+        size=32,
+        seed=0,
+        workers=1,
+        progress=False,
+    )
+    return root

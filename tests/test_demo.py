@@ -26,6 +26,16 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "What the model reads" in report
     assert "timed call(s) after one warm-up" in report and "perceiver-vl bench" in report
+    # every training stage ran its steps and the report lists it
+    training = metrics["training"]
+    assert [training[k]["steps"] for k in ("pretrain", "warmup", "finetune", "decoder")] == [
+        20,
+        20,
+        40,
+        20,
+    ]
+    assert all(training[k]["curve"] for k in ("pretrain", "warmup", "finetune", "decoder"))
+    assert "- visual warm-up" in report and "- fine-tuning (contrastive): 40 steps" in report
     frames = sorted({r["frames"] for r in metrics["efficiency"]})
     assert frames == [8, 16, 32]
     assert {r["model"] for r in metrics["efficiency"]} == {"perceiver-vl", "joint"}
@@ -108,33 +118,20 @@ def test_same_seed_gives_the_same_metrics(tmp_path):
     )
 
 
-def test_demo_index_is_rebuilt_for_a_new_model(tmp_path):
+def test_demo_index_is_rebuilt_for_a_new_model(tmp_path, synthetic_root):
     """A second demo run in the same folder trains a different model; its index must not be
     refused as belonging to the first run's model."""
     from perceiver_vl import PerceiverVL
-    from perceiver_vl.data.synthetic import generate_benchmark
     from perceiver_vl.demo.pipeline import build_demo_index
 
     from .conftest import tiny_config
 
-    data = tmp_path / "data"
-    generate_benchmark(
-        data,
-        num_train=1,
-        num_val=1,
-        num_test=3,
-        frames=(2, 3),
-        size=32,
-        seed=0,
-        workers=1,
-        progress=False,
-    )
     first, second = tmp_path / "first", tmp_path / "second"
     PerceiverVL(tiny_config(max_text_length=16, vocab_size=30522)).save_pretrained(first)
     PerceiverVL(
         tiny_config(max_text_length=16, vocab_size=30522, frame_difference=True)
     ).save_pretrained(second)
     index_dir = tmp_path / "index"
-    build_demo_index(index_dir, first, data / "test.jsonl", progress=False)
-    index = build_demo_index(index_dir, second, data / "test.jsonl", progress=False)
+    build_demo_index(index_dir, first, synthetic_root / "test.jsonl", progress=False)
+    index = build_demo_index(index_dir, second, synthetic_root / "test.jsonl", progress=False)
     assert len(index.search("a small red circle moves left then up", k=2)) == 2

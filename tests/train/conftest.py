@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny synthetic benchmark per session and a tiny fit config."""
+"""Shared fixtures of the training tests: a tiny fit config (the tiny synthetic benchmark,
+`synthetic_root`, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -22,25 +23,6 @@ TINY_MODEL = {
     "dropout": 0.0,
     "layerdrop": 0.5,
 }
-
-
-@pytest.fixture(scope="session")
-def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from perceiver_vl.data.synthetic import generate_benchmark
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate_benchmark(
-        root,
-        num_train=32,
-        num_val=8,
-        num_test=8,
-        frames=(2, 3),
-        size=32,
-        seed=0,
-        workers=1,
-        progress=False,
-    )
-    return root
 
 
 def tiny_config(root: Path, run_dir: Path, **trainer: Any) -> dict[str, Any]:

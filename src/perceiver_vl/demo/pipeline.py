@@ -567,6 +567,7 @@ def run_demo(
             },
             "finetune": {
                 "steps": settings.finetune_steps,
+                "objectives": list(settings.finetune_objectives),
                 "final": finetune_metrics,
                 "curve": _loss_curve(out, "finetune"),
             },

@@ -225,7 +225,7 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
             if training.get("warmup", {}).get("steps")
             else []
         ),
-        f"- fine-tuning ({' + '.join(metrics.get('settings', {}).get('finetune_objectives', ['contrastive']))}): "
+        f"- fine-tuning ({' + '.join(training['finetune']['objectives'])}): "
         f"{training['finetune']['steps']} steps",
         f"- mixed-stream decoder on the fine-tuned latents (encoder frozen): {training['decoder']['steps']} steps",
         "",

@@ -57,10 +57,11 @@ class PerceiverVLConfig:
             first frame's change is zero; images are unaffected). Gives the encoder first-order
             motion features; not in the paper or the released model. False.
         visual_position_init_std: Standard deviation of the visual position and temporal tables at
-            initialisation. 0.02 (ViT and the released code). Patch tokens start out near 0.3 per
-            element, so at 0.02 "where" and "when" are almost invisible to a model trained from
-            scratch for a few hundred steps; 0.2 puts them on the scale of the patch content
-            (ours; the demo uses it). Irrelevant when weights are loaded.
+            initialisation. 0.02 (ViT and the released code). Freshly initialised patch tokens
+            have a standard deviation of about 0.26 per element on the demo's frames, so at 0.02
+            "where" and "when" are almost invisible to a model trained from scratch for a few
+            hundred steps; 0.2 puts them on the scale of the patch content (ours; the demo uses
+            it). Irrelevant when weights are loaded.
         modality_aggregation: How the latents read the two modalities (paper §4.1, Fig. 3).
             ``"joint"``: one input array, one cross-attention per schedule position (default).
             ``"separate"``: a visual then a text cross-attention at each schedule position.

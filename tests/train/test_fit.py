@@ -120,3 +120,30 @@ def test_cli_fit_export_evaluate(make_config, tmp_path):
         assert {"t2v_r1", "v2t_medr", "seconds"} <= set(results[mode])
         assert results[mode]["seconds"] > 0
     assert results["rerank"]["pairs_scored"] == 8 * 3
+
+
+class _RecordMode(pl.Callback):
+    modes: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _RecordMode.modes.append(pl_module.model.training)
+
+
+def test_fit_from_pretrained_trains_in_training_mode(make_config, tmp_path):
+    """from_pretrained gives an eval-mode model and Lightning keeps submodule modes: the module
+    must switch it to training mode, or LayerDrop (and dropout) silently stay off."""
+    from tests.train.conftest import TINY_MODEL
+
+    from perceiver_vl.model import PerceiverVLConfig
+
+    start = tmp_path / "start"
+    PerceiverVL(PerceiverVLConfig.from_dict(TINY_MODEL)).save_pretrained(start)
+    config = make_config(max_steps=6)
+    config["model"]["pretrained"] = str(start)
+    config["model"]["model"] = {"layerdrop": 0.5}
+    config["trainer"]["callbacks"] = [{"class_path": "tests.train.test_fit._RecordMode"}]
+    _RecordMode.modes = []
+    result = fit(config)
+    assert _RecordMode.modes and all(_RecordMode.modes)
+    blocks = {b for _, b in result.module.layerdrop_log}
+    assert (0,) in blocks and (0, 1) in blocks, blocks  # LayerDrop really ran

@@ -126,6 +126,57 @@ def test_module_objectives_give_finite_losses_and_gradients(objectives, extra):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
 
+def test_in_batch_retrieval_is_cross_entropy_over_every_pair_of_the_batch():
+    """retrieval_negatives='all': each query's mixed-stream logits against every item of the
+    batch (the aligned-pair decoder call on each pair), same-caption items excluded."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    module = PerceiverVLModule(
+        model=dict(TINY_MODEL, layerdrop=0.0),
+        objectives=["retrieval"],
+        retrieval_negatives="all",
+    ).eval()
+    batch = _batch(n=5)
+    batch["text"] = ["a", "b", "c", "a", "d"]  # items 0 and 3 share a caption
+    losses, stats = module.compute_losses(batch, None, torch.Generator().manual_seed(0))
+    model = module.model
+    with torch.no_grad():
+        visual = model.encode(video=batch["video"], video_mask=batch["video_mask"])
+        text = model.encode(text_ids=batch["text_ids"], text_mask=batch["text_mask"])
+        t, v = torch.meshgrid(torch.arange(5), torch.arange(5), indexing="ij")
+        pairs = model.mixed_stream_logits(visual[v.reshape(-1)], text[t.reshape(-1)]).view(5, 5)
+    pairs[0, 3] = pairs[3, 0] = float("-inf")
+    target = torch.arange(5)
+    expected = (F.cross_entropy(pairs, target) + F.cross_entropy(pairs.T, target)) / 2
+    assert losses["retrieval"].item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-5)
+    losses["retrieval"].backward()
+    assert model.decoder.cls_query.grad is not None
+    assert 0.0 <= float(stats["retrieval_acc"]) <= 1.0
+
+
+def test_in_batch_retrieval_rejects_settings_it_cannot_honour():
+    with pytest.raises(ValueError, match="retrieval_stream: mixed"):
+        PerceiverVLModule(
+            model=dict(TINY_MODEL),
+            objectives=["retrieval"],
+            retrieval_stream="single",
+            retrieval_negatives="all",
+        )
+    with pytest.raises(ValueError, match="hard_negatives: false"):
+        PerceiverVLModule(
+            model=dict(TINY_MODEL),
+            objectives=["retrieval"],
+            retrieval_negatives="all",
+            hard_negatives=True,
+        )
+    for bad in (0, "some", True):
+        with pytest.raises(ValueError, match="retrieval_negatives"):
+            PerceiverVLModule(
+                model=dict(TINY_MODEL), objectives=["retrieval"], retrieval_negatives=bad
+            )
+
+
 def test_module_rejects_bad_arguments():
     with pytest.raises(ValueError, match="objectives"):
         PerceiverVLModule(model=dict(TINY_MODEL), objectives=["nope"])

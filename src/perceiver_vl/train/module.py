@@ -63,8 +63,14 @@ class PerceiverVLModule(pl.LightningModule):
         mlm_on_negatives: also compute masked LM on mismatched pairs (default: matched only).
         retrieval_stream: ``mixed`` (encode each modality once, score with the decoder) or
             ``single`` (joint encoding of every candidate pair).
-        retrieval_negatives: k negatives per query.
-        hard_negatives: negatives are the k hardest under the multi-stream similarity.
+        retrieval_negatives: k negatives per query, or ``"all"``: every other item of the batch
+            (mixed stream only). With ``"all"`` the mixed-stream logits of all B x B pairs come
+            from the factorised scorer (:func:`~perceiver_vl.model.streams.mixed_stream_scores`:
+            one decoder MLP per pair, keys and values projected once per item), so B - 1
+            negatives cost little more than 7; the loss is the cross-entropy of each query over
+            the batch, per rank (not gathered across ranks).
+        hard_negatives: negatives are the k hardest under the multi-stream similarity (not with
+            ``retrieval_negatives: all``, which takes every item).
         hard_negative_fraction: with ``hard_negatives``, only this share of the k negatives is
             the hardest; the rest are random in-batch items. Hardest-only negatives under the
             multi-stream similarity share what that similarity already sees, so the mixed
@@ -110,7 +116,7 @@ class PerceiverVLModule(pl.LightningModule):
         matching_negative_fraction: float = 0.5,
         mlm_on_negatives: bool = False,
         retrieval_stream: Literal["mixed", "single"] = "mixed",
-        retrieval_negatives: int = 7,
+        retrieval_negatives: int | Literal["all"] = 7,
         hard_negatives: bool = False,
         hard_negative_fraction: float = 1.0,
         retrieval_directions: Sequence[str] = ("t2v", "v2t"),
@@ -180,6 +186,25 @@ class PerceiverVLModule(pl.LightningModule):
                     f"('{trainable}') at 'all' and model.unfreeze_at_step ({unfreeze_at_step}) "
                     "unset, or drop two_stage"
                 )
+        if retrieval_negatives == "all":
+            if retrieval_stream != "mixed":
+                raise ValueError(
+                    "model.retrieval_negatives='all' scores every pair of the batch with the "
+                    "factorised mixed-stream scorer; set model.retrieval_stream: mixed, or give "
+                    "a number of negatives for the single stream"
+                )
+            if hard_negatives:
+                raise ValueError(
+                    "model.retrieval_negatives='all' already uses every item of the batch as a "
+                    "negative; set model.hard_negatives: false"
+                )
+        elif isinstance(retrieval_negatives, bool) or not (
+            isinstance(retrieval_negatives, int) and retrieval_negatives >= 1
+        ):
+            raise ValueError(
+                f"model.retrieval_negatives={retrieval_negatives!r} must be a number of negatives "
+                "per query (>= 1) or 'all' (every other item of the batch, mixed stream)"
+            )
         if not 0.0 <= hard_negative_fraction <= 1.0:
             raise ValueError(
                 f"model.hard_negative_fraction={hard_negative_fraction!r} must be in [0, 1] "
@@ -238,7 +263,10 @@ class PerceiverVLModule(pl.LightningModule):
                 state = {k: v for k, v in model.state_dict().items() if not k.startswith("qa_head")}
                 fresh.load_state_dict(state, strict=False)
                 model = fresh
-            return model
+            # from_pretrained returns an inference model (eval mode), and Lightning keeps each
+            # submodule's mode when fitting: without this, training from a checkpoint would run
+            # with LayerDrop and dropout off
+            return model.train()
         config = PerceiverVLConfig.from_dict(fields)
         model = PerceiverVL(config)
         if vit_weights:
@@ -440,6 +468,8 @@ class PerceiverVLModule(pl.LightningModule):
         model = self.model
         ids, mask = batch["text_ids"], batch.get("text_mask")
         size = ids.shape[0]
+        if self.hparams.retrieval_negatives == "all":
+            return self._in_batch_retrieval_loss(visual_latents, text_latents, keys)
         scores = None
         if self.hparams.hard_negatives:
             with torch.no_grad():
@@ -479,6 +509,30 @@ class PerceiverVLModule(pl.LightningModule):
         del vis
         n = len(self.hparams.retrieval_directions)
         return total / n, torch.tensor(correct / max(count, 1))
+
+    def _in_batch_retrieval_loss(
+        self, visual_latents: Tensor, text_latents: Tensor, keys: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Mixed-stream cross-entropy of every query over all items of the batch."""
+        size = text_latents.shape[0]
+        if size < 2:
+            raise ValueError(
+                f"retrieval fine-tuning needs at least 2 samples per batch for negatives, got "
+                f"{size}; raise data.batch_size"
+            )
+        logits = self.model.mixed_stream_scores(visual_latents, text_latents).float()
+        target = torch.arange(size, device=logits.device)
+        if keys is not None:  # another item with the query's caption is no negative
+            same = keys[:, None] == keys[None, :]
+            same.fill_diagonal_(False)
+            logits = logits.masked_fill(same, float("-inf"))
+        total, correct = 0.0, 0.0
+        for direction in self.hparams.retrieval_directions:
+            directed = logits if direction == "t2v" else logits.T
+            total = total + F.cross_entropy(directed, target)
+            correct += float((directed.detach().argmax(1) == target).float().mean())
+        n = len(self.hparams.retrieval_directions)
+        return total / n, torch.tensor(correct / n)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         step = self._layerdrop_step(batch_idx)

@@ -86,7 +86,7 @@ def test_same_seed_gives_the_same_metrics(tmp_path):
     def run(name: str, seed: int) -> dict:
         settings = DemoSettings.quick()
         settings.num_train, settings.num_val, settings.num_test = 48, 4, 12
-        settings.batch_size, settings.pretrain_steps = 16, 3
+        settings.batch_size, settings.decoder_batch_size, settings.pretrain_steps = 16, 16, 3
         settings.finetune_steps, settings.decoder_steps = 4, 2
         settings.curve_sizes, settings.efficiency_frames = (4,), (8,)
         return run_demo(

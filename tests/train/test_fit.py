@@ -132,9 +132,8 @@ class _RecordMode(pl.Callback):
 def test_fit_from_pretrained_trains_in_training_mode(make_config, tmp_path):
     """from_pretrained gives an eval-mode model and Lightning keeps submodule modes: the module
     must switch it to training mode, or LayerDrop (and dropout) silently stay off."""
-    from tests.train.conftest import TINY_MODEL
-
     from perceiver_vl.model import PerceiverVLConfig
+    from tests.train.conftest import TINY_MODEL
 
     start = tmp_path / "start"
     PerceiverVL(PerceiverVLConfig.from_dict(TINY_MODEL)).save_pretrained(start)

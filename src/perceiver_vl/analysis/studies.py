@@ -43,6 +43,8 @@ def study_settings(quick: bool) -> DemoSettings:
         num_train=settings.num_train if quick else 2000,
         finetune_steps=settings.finetune_steps if quick else 400,
         finetune_objectives=("contrastive", "retrieval"),
+        retrieval_negatives=7,
+        finetune_layerdrop=None,
         model=model,
     )
 

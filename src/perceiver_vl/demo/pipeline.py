@@ -273,6 +273,14 @@ def pretrain_model(
     return module, metrics
 
 
+def _after_pretraining_layerdrop(settings: DemoSettings) -> float:
+    """LayerDrop of the warm-up and fine-tuning (``settings.finetune_layerdrop``; None = the
+    model's own, ``settings.model["layerdrop"]``)."""
+    if settings.finetune_layerdrop is None:
+        return float(settings.model["layerdrop"])
+    return float(settings.finetune_layerdrop)
+
+
 def warm_up_visual(
     pretrained_dir: Path,
     datamodule: Any,
@@ -294,7 +302,10 @@ def warm_up_visual(
 
     module = PerceiverVLModule(
         pretrained=str(pretrained_dir),
-        model={"layerdrop": settings.model["layerdrop"], "dropout": settings.model["dropout"]},
+        model={
+            "layerdrop": _after_pretraining_layerdrop(settings),
+            "dropout": settings.model["dropout"],
+        },
         objectives=["contrastive"],
         locked_text_steps=settings.warmup_steps,
         lr=settings.warmup_lr,
@@ -321,7 +332,10 @@ def finetune_model(
     when None)."""
     from perceiver_vl.train.module import PerceiverVLModule
 
-    overrides = {"layerdrop": settings.model["layerdrop"], "dropout": settings.model["dropout"]}
+    overrides = {
+        "layerdrop": _after_pretraining_layerdrop(settings),
+        "dropout": settings.model["dropout"],
+    }
     overrides.update(model_overrides or {})
     module = PerceiverVLModule(
         pretrained=None if pretrained_dir is None else str(pretrained_dir),
@@ -329,7 +343,7 @@ def finetune_model(
         objectives=list(settings.finetune_objectives),
         retrieval_stream="mixed",
         retrieval_negatives=settings.retrieval_negatives,
-        hard_negatives=True,
+        hard_negatives=settings.retrieval_negatives != "all",
         hard_negative_fraction=settings.hard_negative_fraction,
         lr=settings.finetune_lr,
         warmup=0.1,
@@ -350,33 +364,42 @@ def train_mixed_decoder(
     stage: str = "decoder",
 ) -> tuple[PerceiverVL, dict[str, float]]:
     """Stage 3: the query decoder and matching head learn mixed-stream scoring on the fixed,
-    contrastively trained latents (encoder frozen and left out of autograd).
-
-    From scratch, the [CLS] query's attention output barely depends on the latents, so the
-    mixed-stream logit starts out almost constant and learns slowly while the encoder is still
-    changing; once the latents are discriminative it learns quickly.
+    fine-tuned latents. The encoder is frozen, so the training pairs are encoded once and the
+    decoder trains on the cached latents with every other pair of its batch as a negative
+    (:func:`~perceiver_vl.train.latent_decoder.fit_decoder_on_dataset`); the loss curve is
+    written like the other stages' (``logs/<stage>/metrics.csv``).
     """
-    from perceiver_vl.train.module import PerceiverVLModule
+    import csv
 
-    module = PerceiverVLModule(
-        pretrained=str(model_dir),
-        model={"layerdrop": settings.model["layerdrop"], "dropout": settings.model["dropout"]},
-        objectives=["retrieval"],
-        retrieval_stream="mixed",
-        retrieval_negatives=settings.retrieval_negatives,
-        hard_negatives=True,
-        hard_negative_fraction=settings.decoder_hard_negative_fraction,
-        trainable="decoder_and_heads",
+    from perceiver_vl.train.latent_decoder import fit_decoder_on_dataset
+
+    model = PerceiverVL.from_pretrained(model_dir)
+    tokenizer = Tokenizer.default(max_length=settings.model["max_text_length"])
+    data, texts = _retrieval_inputs(datamodule.dataset("train"), tokenizer)
+    curve = fit_decoder_on_dataset(
+        model,
+        data,
+        texts,
+        steps=settings.decoder_steps,
+        batch_size=settings.decoder_batch_size,
         lr=settings.decoder_lr,
         warmup=0.05,
         seed=seed,
+        progress=progress,
     )
-    for name, param in module.named_parameters():
-        param.requires_grad_(module._trainable_now(name))
-    metrics = _train_stage(module, datamodule, out, stage, settings.decoder_steps, progress)
-    model = module.model.cpu().eval()
-    for param in model.parameters():
-        param.requires_grad_(True)
+    log_dir = out / "logs" / stage
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (log_dir / "metrics.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "train/loss", "train/retrieval_acc"])
+        for row in curve:
+            writer.writerow([row["step"], row["loss"], row["accuracy"]])
+    final = curve[-1]
+    metrics = {
+        "train/retrieval_loss": round(final["loss"], 4),
+        "train/retrieval_acc": round(final["accuracy"], 4),
+        "train/loss": round(final["loss"], 4),
+    }
     return model, metrics
 
 

@@ -31,15 +31,18 @@ class DemoSettings:
             2 as well gave no better mixed-stream R@1 (24.0 against 22.4, one seed) and costs
             0.15 s a step.
         pretrain_lr / finetune_lr: peak learning rates (linear warm-up, then linear decay).
-        decoder_steps / decoder_lr: stage 3, the mixed-stream decoder and heads trained on the
-            fine-tuned (frozen) latents.
-        retrieval_negatives: k negatives per query in retrieval fine-tuning (hardest under the
-            multi-stream similarity).
-        hard_negative_fraction: share of those k that are the hardest; the rest are random
-            in-batch items (see ``PerceiverVLModule``).
-        decoder_hard_negative_fraction: the same for stage 3. Hardest-only negatives share the
-            colour and size that the multi-stream similarity already separates, so a decoder
-            trained on them alone never learns to read those; half random keeps both.
+        finetune_layerdrop: LayerDrop of the warm-up and fine-tuning (None = the model's,
+            ``model["layerdrop"]``, which pretraining uses). 0: with LayerDrop 0.5 in those two
+            stages as well, multi-stream R@1 fell from 37.2 to 11.0 and motion stayed at chance
+            (one seed; the README's LayerDrop trade-off shows what it costs at inference).
+        retrieval_negatives: negatives per query of the ``retrieval`` objective in stage 2:
+            ``"all"`` (every other item of the batch) or k (the hardest under the multi-stream
+            similarity, see ``hard_negative_fraction``).
+        hard_negative_fraction: with k negatives, the share that is the hardest; the rest are
+            random in-batch items (see ``PerceiverVLModule``).
+        decoder_steps / decoder_lr / decoder_batch_size: stage 3, the mixed-stream decoder and
+            heads trained on the fine-tuned (frozen, so encoded once and cached) latents, each
+            pair against every other pair of its batch.
         rerank_k: shortlist length of the multi-stream shortlist + mixed re-rank.
         curve_sizes: gallery sizes n (n texts x n videos) timed for the retrieval-time plot.
         efficiency_frames: frame counts of the efficiency comparison.
@@ -80,11 +83,12 @@ class DemoSettings:
     pretrain_lr: float = 1e-3
     finetune_lr: float = 1e-3
     finetune_objectives: tuple[str, ...] = ("contrastive",)
-    decoder_steps: int = 250
+    decoder_steps: int = 1200
     decoder_lr: float = 2e-3
-    retrieval_negatives: int = 7
+    finetune_layerdrop: float | None = 0.0
+    retrieval_negatives: int | str = "all"
     hard_negative_fraction: float = 1.0
-    decoder_hard_negative_fraction: float = 0.5
+    decoder_batch_size: int = 64
     rerank_k: int = 16
     curve_sizes: tuple[int, ...] = (50, 100)
     efficiency_frames: tuple[int, ...] = (8, 16, 32)

@@ -173,6 +173,11 @@ def efficiency_note(metrics: dict[str, Any]) -> str:
     )
 
 
+def _stage_layerdrop(settings: dict[str, Any]) -> Any:
+    value = settings.get("finetune_layerdrop")
+    return settings.get("model", {}).get("layerdrop") if value is None else value
+
+
 def write_report(metrics: dict[str, Any], out: Path) -> Path:
     """``report.md`` + ``retrieval_time.png`` + ``efficiency.png`` in ``out``."""
     plots = [_plot_retrieval_time(metrics, out / "retrieval_time.png")]
@@ -180,6 +185,7 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         plots.append(_plot_efficiency(metrics, out / "efficiency.png"))
     machine = metrics["machine"]
     training = metrics["training"]
+    settings = metrics.get("settings", {})
     lines = [
         "# perceiver-vl demo report",
         "",
@@ -216,7 +222,8 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         "",
         "## Training",
         "",
-        f"- pretraining (vision-text matching + masked LM, LayerDrop): {training['pretrain']['steps']} steps",
+        f"- pretraining (vision-text matching + masked LM, LayerDrop "
+        f"{settings['model']['layerdrop']}): {training['pretrain']['steps']} steps",
         *(
             [
                 f"- visual warm-up (contrastive against the fixed text features of a freshly "
@@ -227,7 +234,10 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         ),
         f"- fine-tuning ({' + '.join(training['finetune']['objectives'])}): "
         f"{training['finetune']['steps']} steps",
-        f"- mixed-stream decoder on the fine-tuned latents (encoder frozen): {training['decoder']['steps']} steps",
+        f"- LayerDrop in the warm-up and fine-tuning: {_stage_layerdrop(settings)}",
+        f"- mixed-stream decoder on the fine-tuned latents (encoder frozen, training pairs "
+        f"encoded once; every other pair of a batch of {settings.get('decoder_batch_size', '?')} "
+        f"is a negative): {training['decoder']['steps']} steps",
         "",
         "| stage | seconds |",
         "|---|---|",

@@ -18,6 +18,7 @@ from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
 from .objectives import (
     contrastive_loss,
     gather_no_grad,
+    in_batch_mixed_loss,
     matching_pairs,
     retrieval_candidates,
     text_keys,
@@ -469,7 +470,9 @@ class PerceiverVLModule(pl.LightningModule):
         ids, mask = batch["text_ids"], batch.get("text_mask")
         size = ids.shape[0]
         if self.hparams.retrieval_negatives == "all":
-            return self._in_batch_retrieval_loss(visual_latents, text_latents, keys)
+            return in_batch_mixed_loss(
+                model, visual_latents, text_latents, keys, self.hparams.retrieval_directions
+            )
         scores = None
         if self.hparams.hard_negatives:
             with torch.no_grad():
@@ -509,30 +512,6 @@ class PerceiverVLModule(pl.LightningModule):
         del vis
         n = len(self.hparams.retrieval_directions)
         return total / n, torch.tensor(correct / max(count, 1))
-
-    def _in_batch_retrieval_loss(
-        self, visual_latents: Tensor, text_latents: Tensor, keys: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """Mixed-stream cross-entropy of every query over all items of the batch."""
-        size = text_latents.shape[0]
-        if size < 2:
-            raise ValueError(
-                f"retrieval fine-tuning needs at least 2 samples per batch for negatives, got "
-                f"{size}; raise data.batch_size"
-            )
-        logits = self.model.mixed_stream_scores(visual_latents, text_latents).float()
-        target = torch.arange(size, device=logits.device)
-        if keys is not None:  # another item with the query's caption is no negative
-            same = keys[:, None] == keys[None, :]
-            same.fill_diagonal_(False)
-            logits = logits.masked_fill(same, float("-inf"))
-        total, correct = 0.0, 0.0
-        for direction in self.hparams.retrieval_directions:
-            directed = logits if direction == "t2v" else logits.T
-            total = total + F.cross_entropy(directed, target)
-            correct += float((directed.detach().argmax(1) == target).float().mean())
-        n = len(self.hparams.retrieval_directions)
-        return total / n, torch.tensor(correct / n)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         step = self._layerdrop_step(batch_idx)

@@ -2,13 +2,15 @@
 
 * vision-text matching negatives: half of the pairs get another sample's visual input;
 * symmetric InfoNCE over multi-stream embeddings, features gathered across ranks with gradient;
-* retrieval candidates: 1 positive + k negatives per query, random or hardest under a similarity.
+* retrieval candidates: 1 positive + k negatives per query, random or hardest under a similarity;
+* in-batch mixed-stream cross-entropy over every pair of a batch.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +154,42 @@ def matching_pairs(
     return index, labels
 
 
+def in_batch_mixed_loss(
+    model: Any,
+    visual_latents: Tensor,
+    text_latents: Tensor,
+    keys: Tensor | None = None,
+    directions: Sequence[str] = ("t2v", "v2t"),
+) -> tuple[Tensor, Tensor]:
+    """Mixed-stream cross-entropy of every query over all B items of a batch of aligned pairs
+    (item i's visual and text latents match) -> (loss, top-1 accuracy).
+
+    The B x B logits come from the factorised all-pairs scorer (one decoder MLP per pair);
+    another item with the query's caption ``keys`` is no negative. ``directions``: ``t2v``
+    (queries are texts), ``v2t`` or both (averaged).
+    """
+    size = text_latents.shape[0]
+    if size < 2:
+        raise ValueError(
+            f"retrieval fine-tuning needs at least 2 samples per batch for negatives, got "
+            f"{size}; raise data.batch_size"
+        )
+    logits = model.mixed_stream_scores(visual_latents, text_latents).float()  # (text, visual)
+    target = torch.arange(size, device=logits.device)
+    if keys is not None:
+        same = keys.to(logits.device)[:, None] == keys.to(logits.device)[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+    total: Tensor | float = 0.0
+    correct = 0.0
+    for direction in directions:
+        directed = logits if direction == "t2v" else logits.T
+        total = total + F.cross_entropy(directed, target)
+        correct += float((directed.detach().argmax(1) == target).float().mean())
+    n = max(1, len(directions))
+    return total / n, torch.tensor(correct / n)
+
+
 def retrieval_candidates(
     batch_size: int,
     num_negatives: int,
@@ -221,6 +259,7 @@ __all__ = [
     "contrastive_loss",
     "gather_no_grad",
     "gather_with_grad",
+    "in_batch_mixed_loss",
     "matching_pairs",
     "retrieval_candidates",
     "text_keys",

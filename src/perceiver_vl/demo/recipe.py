@@ -26,10 +26,10 @@ class DemoSettings:
             visual side against the fixed text features of a freshly initialised copy of the
             model (``locked_text_steps``), so that it learns motion as well as appearance.
         finetune_objectives: stage 2's objectives: ``contrastive`` (multi-stream; the default)
-            and optionally ``retrieval`` (the mixed stream with hard negatives). Stage 3 trains
-            the mixed stream either way; with the encoder still changing, training it in stage
-            2 as well gave no better mixed-stream R@1 (24.0 against 22.4, one seed) and costs
-            0.15 s a step.
+            and optionally ``retrieval`` (the mixed stream, trained with the encoder). Stage 3
+            trains the mixed stream either way; adding it to stage 2 as well (in-batch
+            negatives, then stage 3) brought both streams down (multi 19.8, mixed 18.0 against
+            37.2 / 33.4, one seed; docs/analyses.md).
         pretrain_lr / finetune_lr: peak learning rates (linear warm-up, then linear decay).
         finetune_layerdrop: LayerDrop of the warm-up and fine-tuning (None = the model's,
             ``model["layerdrop"]``, which pretraining uses). 0: with LayerDrop 0.5 in those two

@@ -146,3 +146,18 @@ def test_fit_from_pretrained_trains_in_training_mode(make_config, tmp_path):
     assert _RecordMode.modes and all(_RecordMode.modes)
     blocks = {b for _, b in result.module.layerdrop_log}
     assert (0,) in blocks and (0, 1) in blocks, blocks  # LayerDrop really ran
+
+
+def test_cli_accepts_in_batch_retrieval_negatives(make_config, tmp_path):
+    """`retrieval_negatives: all` in a YAML config reaches the module (int-or-'all' argument)."""
+    config = make_config(max_steps=2)
+    config["model"]["objectives"] = ["contrastive", "retrieval"]
+    config["model"]["retrieval_negatives"] = "all"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert "retrieval_negatives: all" in path.read_text()
+    assert main(["fit", "--config", str(path)]) == 0
+    files = sorted(Path(config["trainer"]["default_root_dir"]).glob("logs/version_*/metrics.csv"))
+    with open(files[-1]) as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("train/retrieval_loss")]
+    assert len(rows) == 2 and all(float(r["train/retrieval_loss"]) > 0 for r in rows)

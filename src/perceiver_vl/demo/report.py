@@ -48,11 +48,17 @@ def layerdrop_table(metrics: dict[str, Any]) -> str:
         "| cross-attention blocks at inference | mixed-stream t2v R@1 | v2t R@1 | latency per pair (ms) |",
         "|---|---|---|---|",
     ]
+    batch = next(iter(metrics["layerdrop"].values()), {}).get("latency_batch_size", 1)
     for name, row in metrics["layerdrop"].items():
         label = f"{'all' if name == 'all' else 'only the first'} {row['cross_attention_layers']}"
         lines.append(
             f"| {label} | {_f(row['t2v_r1'])} | {_f(row['v2t_r1'])} | {_f(row['latency_ms'], 2)} |"
         )
+    lines += [
+        "",
+        f"Latency: a joint (single-stream) forward of {batch} (video, caption) pairs at once, bf16, "
+        "divided by the pairs; median of the timed calls after one warm-up.",
+    ]
     return "\n".join(lines)
 
 

@@ -55,8 +55,8 @@ def fit_decoder_on_latents(
         steps: optimiser steps; each takes a batch of ``batch_size`` pairs, in a seeded random
             order, epoch after epoch (the last incomplete batch of an epoch is dropped).
         lr / warmup / weight_decay / betas: AdamW with linear warm-up (a fraction of ``steps``
-            (< 1) or a step count) and linear decay to zero; no weight decay on biases, norms
-            and the [CLS] / MLM query tables.
+            (< 1) or a step count) and linear decay to zero; weight decay as in the training
+            module (none on biases, norms, embeddings and queries).
         precision: ``bf16`` (autocast for the decoder; the head runs in fp32) or ``32``.
         directions: ``t2v``, ``v2t`` or both.
 
@@ -90,7 +90,7 @@ def fit_decoder_on_latents(
 
     from tqdm.auto import tqdm
 
-    from .module import lr_lambda
+    from .module import lr_lambda, no_weight_decay
 
     device = next(model.parameters()).device
     visual_latents = visual_latents.detach().to(device)
@@ -102,8 +102,7 @@ def fit_decoder_on_latents(
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
         if name in trainable:
-            plain = param.dim() < 2 or "norm" in name or name.endswith(("cls_query",))
-            (no_decay if plain or "mlm_" in name else decay).append(param)
+            (no_decay if no_weight_decay(name, param) else decay).append(param)
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": weight_decay},

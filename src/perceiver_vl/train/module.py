@@ -32,6 +32,12 @@ Trainable = Literal[
 _NO_DECAY = ("bias", "norm", "embed", "latents", "query", "queries", "logit_scale", "pos", "token")
 
 
+def no_weight_decay(name: str, param: Tensor) -> bool:
+    """Whether a parameter is exempt from weight decay: biases, norms, embeddings, latents,
+    queries, the temperature (and any other parameter below two dimensions)."""
+    return param.dim() < 2 or any(tag in name.lower() for tag in _NO_DECAY)
+
+
 def visual_inputs(batch: dict[str, Any], index: Tensor | None = None) -> dict[str, Tensor]:
     """The model's visual keyword arguments from a collated batch (``images=`` when every item
     is a still image, else ``video=`` + ``video_mask=``), optionally re-indexed."""
@@ -677,7 +683,7 @@ class PerceiverVLModule(pl.LightningModule):
                 continue
             if hp.head_lr_multiplier != 1.0 and name.startswith("model.qa_head"):
                 head.append(param)
-            elif param.dim() < 2 or any(tag in name.lower() for tag in _NO_DECAY):
+            elif no_weight_decay(name, param):
                 no_decay.append(param)
             else:
                 decay.append(param)

@@ -44,7 +44,7 @@ def study_settings(quick: bool) -> DemoSettings:
         finetune_steps=settings.finetune_steps if quick else 400,
         finetune_objectives=("contrastive", "retrieval"),
         retrieval_negatives=7,
-        finetune_layerdrop=None,
+        finetune_layerdrop=model["layerdrop"],
         model=model,
     )
 

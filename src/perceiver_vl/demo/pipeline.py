@@ -158,9 +158,8 @@ def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
 def _pair_latency_ms(
     model: PerceiverVL, data: Any, blocks: Any, repeats: int, batch_size: int = 1
 ) -> float:
-    """Single-stream forward of (video, caption) pairs, bf16 autocast: milliseconds per pair
-    (median over ``repeats`` timed calls of ``batch_size`` pairs each)."""
-    batch_size = max(1, min(batch_size, data.num_visual))
+    """Single-stream forward of the first ``batch_size`` (video, caption) pairs, bf16 autocast:
+    milliseconds per pair (median over ``repeats`` timed calls)."""
     video, vmask = data.video[:batch_size], data.video_mask[:batch_size]
     ids, mask = data.text_ids[:batch_size], data.text_mask[:batch_size]
 
@@ -277,14 +276,6 @@ def pretrain_model(
     return module, metrics
 
 
-def _after_pretraining_layerdrop(settings: DemoSettings) -> float:
-    """LayerDrop of the warm-up and fine-tuning (``settings.finetune_layerdrop``; None = the
-    model's own, ``settings.model["layerdrop"]``)."""
-    if settings.finetune_layerdrop is None:
-        return float(settings.model["layerdrop"])
-    return float(settings.finetune_layerdrop)
-
-
 def warm_up_visual(
     pretrained_dir: Path,
     datamodule: Any,
@@ -294,7 +285,7 @@ def warm_up_visual(
     seed: int,
     progress: bool,
     stage: str = "warmup",
-) -> Any:
+) -> tuple[PerceiverVL, dict[str, float]]:
     """Stage 1b: the visual side learns against fixed text features (``locked_text_steps``).
 
     Trained together from the start, both sides of the shared encoder settle on what is
@@ -306,10 +297,7 @@ def warm_up_visual(
 
     module = PerceiverVLModule(
         pretrained=str(pretrained_dir),
-        model={
-            "layerdrop": _after_pretraining_layerdrop(settings),
-            "dropout": settings.model["dropout"],
-        },
+        model={"layerdrop": settings.finetune_layerdrop, "dropout": settings.model["dropout"]},
         objectives=["contrastive"],
         locked_text_steps=settings.warmup_steps,
         lr=settings.warmup_lr,
@@ -317,7 +305,7 @@ def warm_up_visual(
         seed=seed,
     )
     metrics = _train_stage(module, datamodule, out, stage, settings.warmup_steps, progress)
-    return module, metrics
+    return module.model.cpu().eval(), metrics
 
 
 def finetune_model(
@@ -336,10 +324,7 @@ def finetune_model(
     when None)."""
     from perceiver_vl.train.module import PerceiverVLModule
 
-    overrides = {
-        "layerdrop": _after_pretraining_layerdrop(settings),
-        "dropout": settings.model["dropout"],
-    }
+    overrides = {"layerdrop": settings.finetune_layerdrop, "dropout": settings.model["dropout"]}
     overrides.update(model_overrides or {})
     module = PerceiverVLModule(
         pretrained=None if pretrained_dir is None else str(pretrained_dir),
@@ -465,7 +450,7 @@ def run_demo(
             ),
         )
         start_dir = out / "warmed_up"
-        warmed.model.save_pretrained(start_dir)
+        warmed.save_pretrained(start_dir)
 
     # 3. retrieval fine-tuning (settings.finetune_objectives), then the mixed-stream decoder ----
     model, finetune_metrics = clock.run(
@@ -504,6 +489,10 @@ def run_demo(
     # 5. LayerDrop trade-off at inference: all blocks vs only the first ---------------------------
     num_blocks = model.config.num_cross_attention_blocks
 
+    # latency per pair in batches of 64: at batch 1 a forward of this small model takes ~5 ms,
+    # mostly fixed per-call overhead that varies more than a cross-attention block saves
+    latency_batch = min(64, n)
+
     def layerdrop_study() -> dict[str, Any]:
         result = {}
         for name, blocks in (("all", list(range(num_blocks))), ("first", [0])):
@@ -514,15 +503,13 @@ def run_demo(
                 "cross_attention_layers": blocks,
                 "t2v_r1": res["t2v_r1"],
                 "v2t_r1": res["v2t_r1"],
-                # per pair in batches of 64: at batch 1 a forward of this small model takes
-                # ~5 ms, mostly fixed per-call overhead that varies more than the block saves
                 "latency_ms": round(
                     _pair_latency_ms(
-                        model, data, blocks, settings.latency_repeats * 4, batch_size=64
+                        model, data, blocks, settings.latency_repeats * 4, latency_batch
                     ),
                     3,
                 ),
-                "latency_batch_size": min(64, data.num_visual),
+                "latency_batch_size": latency_batch,
             }
         return result
 

@@ -34,8 +34,8 @@ class DemoSettings:
             negatives, then stage 3) brought both streams down (multi 19.8, mixed 18.0 against
             37.2 / 33.4, one seed; docs/analyses.md).
         pretrain_lr / finetune_lr: peak learning rates (linear warm-up, then linear decay).
-        finetune_layerdrop: LayerDrop of the warm-up and fine-tuning (None = the model's,
-            ``model["layerdrop"]``, which pretraining uses). 0: with LayerDrop 0.5 in those two
+        finetune_layerdrop: LayerDrop of the warm-up and fine-tuning (pretraining uses
+            ``model["layerdrop"]``). 0: with LayerDrop 0.5 in those two
             stages as well, multi-stream R@1 fell from 37.2 to 11.0 and motion stayed at chance
             (one seed; the README's LayerDrop trade-off shows what it costs at inference).
         retrieval_negatives: negatives per query of the ``retrieval`` objective in stage 2:
@@ -88,7 +88,7 @@ class DemoSettings:
     finetune_objectives: tuple[str, ...] = ("contrastive",)
     decoder_steps: int = 1200
     decoder_lr: float = 2e-3
-    finetune_layerdrop: float | None = 0.0
+    finetune_layerdrop: float = 0.0
     retrieval_negatives: int | str = "all"
     hard_negative_fraction: float = 1.0
     decoder_batch_size: int = 64

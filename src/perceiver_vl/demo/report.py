@@ -179,11 +179,6 @@ def efficiency_note(metrics: dict[str, Any]) -> str:
     )
 
 
-def _stage_layerdrop(settings: dict[str, Any]) -> Any:
-    value = settings.get("finetune_layerdrop")
-    return settings.get("model", {}).get("layerdrop") if value is None else value
-
-
 def write_report(metrics: dict[str, Any], out: Path) -> Path:
     """``report.md`` + ``retrieval_time.png`` + ``efficiency.png`` in ``out``."""
     plots = [_plot_retrieval_time(metrics, out / "retrieval_time.png")]
@@ -240,9 +235,9 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         ),
         f"- fine-tuning ({' + '.join(training['finetune']['objectives'])}): "
         f"{training['finetune']['steps']} steps",
-        f"- LayerDrop in the warm-up and fine-tuning: {_stage_layerdrop(settings)}",
+        f"- LayerDrop in the warm-up and fine-tuning: {settings['finetune_layerdrop']}",
         f"- mixed-stream decoder on the fine-tuned latents (encoder frozen, training pairs "
-        f"encoded once; every other pair of a batch of {settings.get('decoder_batch_size', '?')} "
+        f"encoded once; every other pair of a batch of {settings['decoder_batch_size']} "
         f"is a negative): {training['decoder']['steps']} steps",
         "",
         "| stage | seconds |",

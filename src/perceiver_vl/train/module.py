@@ -473,12 +473,12 @@ class PerceiverVLModule(pl.LightningModule):
         generator: torch.Generator,
     ) -> tuple[Tensor, Tensor]:
         model = self.model
-        ids, mask = batch["text_ids"], batch.get("text_mask")
-        size = ids.shape[0]
         if self.hparams.retrieval_negatives == "all":
             return in_batch_mixed_loss(
                 model, visual_latents, text_latents, keys, self.hparams.retrieval_directions
             )
+        ids, mask = batch["text_ids"], batch.get("text_mask")
+        size = ids.shape[0]
         scores = None
         if self.hparams.hard_negatives:
             with torch.no_grad():

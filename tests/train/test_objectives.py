@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from perceiver_vl.train.locked_text import RandomNGramText
 from perceiver_vl.train.module import PerceiverVLModule, lr_lambda
 from perceiver_vl.train.objectives import (
     contrastive_loss,
@@ -253,34 +254,53 @@ def test_two_stage_switch_rejects_a_second_freezing_setting():
         PerceiverVLModule(model=dict(TINY_MODEL), two_stage=0)
 
 
-def test_locked_text_steps_train_the_visual_side_against_fixed_text_features(monkeypatch):
+@pytest.mark.parametrize("features", ["ngram", "model"])
+def test_locked_text_steps_train_the_visual_side_against_fixed_text_features(monkeypatch, features):
     def grads(module):
         losses, _ = module.compute_losses(_batch(), 0, torch.Generator().manual_seed(0))
         assert set(losses) == {"contrastive"} and torch.isfinite(losses["contrastive"])
         losses["contrastive"].backward()
         return {n for n, p in module.named_parameters() if p.grad is not None and p.grad.any()}
 
-    module = PerceiverVLModule(
-        model=dict(TINY_MODEL), objectives=["contrastive"], locked_text_steps=3, seed=1
+    options = dict(
+        model=dict(TINY_MODEL),
+        objectives=["contrastive"],
+        locked_text_steps=3,
+        locked_text_features=features,
+        seed=1,
     )
+    module = PerceiverVLModule(**options)
     locked = grads(module)
     assert "model.contrastive_head.visual_proj.weight" in locked
     assert "model.contrastive_head.text_proj.weight" not in locked
     assert "model.text_embed.word_embeddings.weight" not in locked
-    # the frozen copy is neither a submodule (optimised) nor saved, and every rank builds the
-    # same one from the seed
+    # the fixed features are neither parameters (optimised) nor saved, and every rank builds
+    # the same ones from the seed
     assert not any("locked" in k for k in module.state_dict())
-    other = PerceiverVLModule(
-        model=dict(TINY_MODEL), objectives=["contrastive"], locked_text_steps=3, seed=1
-    )
+    other = PerceiverVLModule(**options)
     ids, mask = _batch()["text_ids"], _batch()["text_mask"]
-    assert torch.equal(
-        module._locked_text_embedding(ids, mask), other._locked_text_embedding(ids, mask)
-    )
+    target = module._locked_text_embedding(ids, mask)
+    assert torch.equal(target, other._locked_text_embedding(ids, mask))
+    # centred on the batch mean, unit rows
+    assert torch.allclose(target.norm(dim=-1), torch.ones(len(ids)), atol=1e-5)
+    if features == "ngram":
+        config = module.model.config
+        expected = RandomNGramText(config.vocab_size, config.contrastive_dim, seed=1)
+        assert torch.allclose(target, expected(ids, mask))
     # after the locked steps the live text side learns again
     monkeypatch.setattr(PerceiverVLModule, "global_step", property(lambda self: 3))
     module.zero_grad()
     assert "model.contrastive_head.text_proj.weight" in grads(module)
+
+
+def test_locked_text_features_must_be_known():
+    with pytest.raises(ValueError, match="locked_text_features"):
+        PerceiverVLModule(
+            model=dict(TINY_MODEL),
+            objectives=["contrastive"],
+            locked_text_steps=2,
+            locked_text_features="bert",
+        )
 
 
 def test_locked_text_steps_need_the_contrastive_objective():

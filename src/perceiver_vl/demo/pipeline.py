@@ -289,9 +289,10 @@ def warm_up_visual(
     """Stage 1b: the visual side learns against fixed text features (``locked_text_steps``).
 
     Trained together from the start, both sides of the shared encoder settle on what is
-    easiest to see (colour, size) and motion never separates; against the fixed text features
-    of a freshly initialised copy every caption word stays distinct, so the visual side learns
-    motion too (docs/analyses.md has the measurements).
+    easiest to see (colour, size) and motion never separates; against fixed random unigram +
+    ordered-bigram features (``locked_text_features: ngram``, centred on the batch mean) every
+    caption word, and the order of the two motion steps, stays distinct, so the visual side
+    learns motion too (docs/analyses.md, sections 2 and 5, has the measurements).
     """
     from perceiver_vl.train.module import PerceiverVLModule
 

@@ -26,8 +26,9 @@ class DemoSettings:
             the same seed-0 run took 537 s once and 579 s another time; 60 steps cost the mixed
             stream 0.6 points of R@1 (32.8 against 33.4) and multi-stream 4.2 (33.0 against 37.2).
         warmup_steps / warmup_lr: the visual warm-up between them: contrastive training of the
-            visual side against the fixed text features of a freshly initialised copy of the
-            model (``locked_text_steps``), so that it learns motion as well as appearance.
+            visual side against fixed random unigram + ordered-bigram text features
+            (``locked_text_steps``, ``locked_text_features: ngram``), so that it learns motion,
+            in the right order, as well as appearance.
         finetune_objectives: stage 2's objectives: ``contrastive`` (multi-stream; the default)
             and optionally ``retrieval`` (the mixed stream, trained with the encoder). Stage 3
             trains the mixed stream either way; adding it to stage 2 as well (in-batch

@@ -15,6 +15,7 @@ from torch import Tensor
 from perceiver_vl.metrics import qa_accuracy, retrieval_metrics, vqa_score
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
 
+from .locked_text import RandomNGramText, centre_and_normalise
 from .objectives import (
     contrastive_loss,
     gather_no_grad,
@@ -102,13 +103,17 @@ class PerceiverVLModule(pl.LightningModule):
             this fraction of the schedule (< 1), then everything trains. The same as
             ``trainable: cross_attention`` + ``unfreeze_at_step``; leave those at their defaults.
         locked_text_steps: for this many optimiser steps, the contrastive loss compares the
-            visual embeddings with the text embeddings of a frozen, freshly initialised copy of
-            the model (random but fixed text features, identical on every rank) instead of the
+            visual embeddings with fixed text features (``locked_text_features``) instead of the
             live text side; afterwards both sides train as usual. When both sides of a shared
             encoder learn from scratch together, the text side settles on what is easiest to
             see (colour, size) and the visual side never gets a signal for the rest (motion);
-            fixed random text features keep every caption word distinct, so the visual side
-            learns all of them first (see docs/analyses.md). 0 = off.
+            fixed features keep every caption distinct, so the visual side learns all of it
+            first (see docs/analyses.md). 0 = off.
+        locked_text_features: the locked phase's text targets (seeded from ``seed``, identical
+            on every rank, centred on the batch mean; see :mod:`perceiver_vl.train.locked_text`):
+            ``ngram``, random unigram + ordered-bigram features, which tell word order apart;
+            or ``model``, the text embeddings of a frozen, freshly initialised copy of the
+            model, which are nearly a bag of words.
         eval_modes: retrieval modes computed at validation (``multi``, ``mixed``).
         seed: seeds the objectives' sampling (negatives).
     """
@@ -142,6 +147,7 @@ class PerceiverVLModule(pl.LightningModule):
         unfreeze_at_step: int | None = None,
         two_stage: float | None = None,
         locked_text_steps: int = 0,
+        locked_text_features: Literal["ngram", "model"] = "ngram",
         eval_modes: Sequence[str] = ("multi", "mixed"),
         seed: int = 0,
     ) -> None:
@@ -156,6 +162,7 @@ class PerceiverVLModule(pl.LightningModule):
         for name, value, allowed in (
             ("retrieval_stream", retrieval_stream, ("mixed", "single")),
             ("optimizer", optimizer, ("adamw", "adam")),
+            ("locked_text_features", locked_text_features, ("ngram", "model")),
             ("schedule", schedule, ("linear", "cosine", "constant")),
             (
                 "trainable",
@@ -245,7 +252,8 @@ class PerceiverVLModule(pl.LightningModule):
         self.layerdrop_log: list[tuple[int, tuple[int, ...]]] = []
         self._val_store: dict[int, dict[str, list[Any]]] = {}
         self._new_head_names: set[str] = set()
-        self._locked_text_model: PerceiverVL | None = None  # built on first use, never saved
+        # The locked phase's fixed text features: built on first use, never saved.
+        self._locked_text: Any = None
 
     # ------------------------------------------------------------------ model construction
     def _build_model(
@@ -449,18 +457,29 @@ class PerceiverVLModule(pl.LightningModule):
 
     @torch.no_grad()
     def _locked_text_embedding(self, ids: Tensor, mask: Tensor | None) -> Tensor:
-        """Text embeddings of a frozen, freshly initialised copy of the model (same config,
-        initialised from ``seed`` so every rank builds the same one); not a submodule, so it is
-        neither optimised nor saved."""
-        if self._locked_text_model is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.hparams.seed)
-                locked = PerceiverVL(self.model.config.replace(layerdrop=0.0, dropout=0.0))
-            object.__setattr__(self, "_locked_text_model", locked.eval().requires_grad_(False))
-        locked = self._locked_text_model
-        if next(locked.parameters()).device != ids.device:
-            locked.to(ids.device)
-        return locked.embed(locked.encode(text_ids=ids, text_mask=mask), "text")
+        """The locked phase's fixed text targets (``locked_text_features``), centred on the
+        batch mean and L2-normalised (:mod:`perceiver_vl.train.locked_text`). Seeded from
+        ``seed``, so every rank builds the same features; neither optimised nor saved."""
+        config = self.model.config
+        if self._locked_text is None:
+            if self.hparams.locked_text_features == "ngram":
+                features: Any = RandomNGramText(
+                    config.vocab_size, config.contrastive_dim, seed=self.hparams.seed
+                )
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.hparams.seed)
+                    features = PerceiverVL(config.replace(layerdrop=0.0, dropout=0.0))
+                features = features.eval().requires_grad_(False)
+            object.__setattr__(self, "_locked_text", features)
+        features = self._locked_text
+        if isinstance(features, RandomNGramText):
+            return features(ids, mask)
+        if next(features.parameters()).device != ids.device:
+            features.to(ids.device)
+        return centre_and_normalise(
+            features.embed(features.encode(text_ids=ids, text_mask=mask), "text")
+        )
 
     def _retrieval_loss(
         self,

@@ -8,7 +8,12 @@ import torch.nn.functional as F
 
 from perceiver_vl.data import Tokenizer
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
-from perceiver_vl.train.locked_text import RandomNGramText, centre_and_normalise
+from perceiver_vl.train.locked_text import (
+    ModelCopyText,
+    RandomNGramText,
+    build_locked_text,
+    centre_and_normalise,
+)
 
 CAPTIONS = [
     "a small red circle moves left then up",
@@ -46,6 +51,32 @@ def test_a_fresh_model_copy_is_nearly_a_bag_of_words():
         cos = _cos(model.embed(model.encode(text_ids=ids, text_mask=mask), "text"))
     assert cos[0, 1] > 0.99
     assert cos.min() > 0.9
+
+
+def test_model_copy_targets_are_a_seeded_fresh_copy_centred_on_the_batch():
+    config = PerceiverVLConfig(hidden_size=32, num_heads=2, num_latents=8, contrastive_dim=16)
+    ids, mask = _ids()
+    targets = ModelCopyText(config, seed=5)(ids, mask)
+    torch.manual_seed(5)
+    fresh = PerceiverVL(config).eval()
+    with torch.no_grad():
+        embedding = fresh.embed(fresh.encode(text_ids=ids, text_mask=mask), "text")
+    assert torch.allclose(targets, centre_and_normalise(embedding), atol=1e-5)
+    # building the copy leaves the global random stream alone
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    ModelCopyText(config, seed=5)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_build_locked_text_picks_the_kind():
+    config = PerceiverVLConfig(hidden_size=32, num_heads=2, num_latents=8, contrastive_dim=16)
+    assert isinstance(build_locked_text("ngram", config), RandomNGramText)
+    assert build_locked_text("ngram", config).dim == 16
+    assert isinstance(build_locked_text("model", config), ModelCopyText)
+    with pytest.raises(ValueError, match="locked_text_features"):
+        build_locked_text("bert", config)
 
 
 def test_ngram_features_are_seeded_and_ignore_padding():

@@ -15,7 +15,8 @@ from torch import Tensor
 from perceiver_vl.metrics import qa_accuracy, retrieval_metrics, vqa_score
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
 
-from .locked_text import RandomNGramText, centre_and_normalise
+from .locked_text import KINDS as LOCKED_TEXT_KINDS
+from .locked_text import build_locked_text
 from .objectives import (
     contrastive_loss,
     gather_no_grad,
@@ -162,7 +163,7 @@ class PerceiverVLModule(pl.LightningModule):
         for name, value, allowed in (
             ("retrieval_stream", retrieval_stream, ("mixed", "single")),
             ("optimizer", optimizer, ("adamw", "adam")),
-            ("locked_text_features", locked_text_features, ("ngram", "model")),
+            ("locked_text_features", locked_text_features, LOCKED_TEXT_KINDS),
             ("schedule", schedule, ("linear", "cosine", "constant")),
             (
                 "trainable",
@@ -457,29 +458,14 @@ class PerceiverVLModule(pl.LightningModule):
 
     @torch.no_grad()
     def _locked_text_embedding(self, ids: Tensor, mask: Tensor | None) -> Tensor:
-        """The locked phase's fixed text targets (``locked_text_features``), centred on the
-        batch mean and L2-normalised (:mod:`perceiver_vl.train.locked_text`). Seeded from
-        ``seed``, so every rank builds the same features; neither optimised nor saved."""
-        config = self.model.config
+        """The locked phase's fixed text targets
+        (:func:`~perceiver_vl.train.locked_text.build_locked_text`), built on first use from
+        ``seed`` (the same on every rank); a plain attribute, so neither optimised nor saved."""
         if self._locked_text is None:
-            if self.hparams.locked_text_features == "ngram":
-                features: Any = RandomNGramText(
-                    config.vocab_size, config.contrastive_dim, seed=self.hparams.seed
-                )
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.hparams.seed)
-                    features = PerceiverVL(config.replace(layerdrop=0.0, dropout=0.0))
-                features = features.eval().requires_grad_(False)
-            object.__setattr__(self, "_locked_text", features)
-        features = self._locked_text
-        if isinstance(features, RandomNGramText):
-            return features(ids, mask)
-        if next(features.parameters()).device != ids.device:
-            features.to(ids.device)
-        return centre_and_normalise(
-            features.embed(features.encode(text_ids=ids, text_mask=mask), "text")
-        )
+            self._locked_text = build_locked_text(
+                self.hparams.locked_text_features, self.model.config, seed=self.hparams.seed
+            )
+        return self._locked_text(ids, mask)
 
     def _retrieval_loss(
         self,

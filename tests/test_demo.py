@@ -35,7 +35,11 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
         20,
     ]
     assert all(training[k]["curve"] for k in ("pretrain", "warmup", "finetune", "decoder"))
-    assert "- visual warm-up" in report and "- fine-tuning (contrastive): 40 steps" in report
+    assert (
+        "- visual warm-up (contrastive against fixed text features, locked_text_features: ngram): 20 steps"
+        in report
+    )
+    assert "- fine-tuning (contrastive): 40 steps" in report
     frames = sorted({r["frames"] for r in metrics["efficiency"]})
     assert frames == [8, 16, 32]
     assert {r["model"] for r in metrics["efficiency"]} == {"perceiver-vl", "joint"}

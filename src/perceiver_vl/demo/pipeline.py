@@ -289,10 +289,10 @@ def warm_up_visual(
     """Stage 1b: the visual side learns against fixed text features (``locked_text_steps``).
 
     Trained together from the start, both sides of the shared encoder settle on what is
-    easiest to see (colour, size) and motion never separates; against fixed random unigram +
-    ordered-bigram features (``locked_text_features: ngram``, centred on the batch mean) every
-    caption word, and the order of the two motion steps, stays distinct, so the visual side
-    learns motion too (docs/analyses.md, sections 2 and 5, has the measurements).
+    easiest to see (colour, size) and motion never separates; against fixed text features
+    (``settings.warmup_text_features``: random unigram + ordered-bigram features, centred on
+    the batch mean) every caption word, and the order of the two motion steps, stays
+    distinct, so the visual side learns motion too (docs/analyses.md, sections 2 and 5).
     """
     from perceiver_vl.train.module import PerceiverVLModule
 
@@ -301,6 +301,7 @@ def warm_up_visual(
         model={"layerdrop": settings.finetune_layerdrop, "dropout": settings.model["dropout"]},
         objectives=["contrastive"],
         locked_text_steps=settings.warmup_steps,
+        locked_text_features=settings.warmup_text_features,
         lr=settings.warmup_lr,
         warmup=0.1,
         seed=seed,

@@ -27,8 +27,10 @@ class DemoSettings:
             stream 0.6 points of R@1 (32.8 against 33.4) and multi-stream 4.2 (33.0 against 37.2).
         warmup_steps / warmup_lr: the visual warm-up between them: contrastive training of the
             visual side against fixed random unigram + ordered-bigram text features
-            (``locked_text_steps``, ``locked_text_features: ngram``), so that it learns motion,
-            in the right order, as well as appearance.
+            (``locked_text_steps``), so that it learns motion, in the right order, as well as
+            appearance. warmup_text_features: those features' ``locked_text_features`` kind
+            (``ngram``; a fresh model copy's text embeddings, ``model``, confuse the order of
+            the two motion steps: docs/analyses.md, section 5).
         finetune_objectives: stage 2's objectives: ``contrastive`` (multi-stream; the default)
             and optionally ``retrieval`` (the mixed stream, trained with the encoder). Stage 3
             trains the mixed stream either way; adding it to stage 2 as well (in-batch
@@ -83,6 +85,7 @@ class DemoSettings:
     pretrain_steps: int = 60
     warmup_steps: int = 450
     warmup_lr: float = 1e-3
+    warmup_text_features: str = "ngram"
     finetune_steps: int = 200
     pretrain_lr: float = 1e-3
     finetune_lr: float = 1e-3

@@ -186,7 +186,7 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         plots.append(_plot_efficiency(metrics, out / "efficiency.png"))
     machine = metrics["machine"]
     training = metrics["training"]
-    settings = metrics.get("settings", {})
+    settings = metrics["settings"]
     lines = [
         "# perceiver-vl demo report",
         "",
@@ -227,8 +227,9 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         f"{settings['model']['layerdrop']}): {training['pretrain']['steps']} steps",
         *(
             [
-                f"- visual warm-up (contrastive against the fixed text features of a freshly "
-                f"initialised copy): {training['warmup']['steps']} steps"
+                f"- visual warm-up (contrastive against fixed text features, "
+                f"locked_text_features: {settings['warmup_text_features']}): "
+                f"{training['warmup']['steps']} steps"
             ]
             if training.get("warmup", {}).get("steps")
             else []

@@ -291,6 +291,74 @@ def test_locked_text_steps_train_the_visual_side_against_fixed_text_features(mon
     assert "model.contrastive_head.text_proj.weight" in grads(module)
 
 
+def test_locked_text_anchor_keeps_the_fixed_targets_as_an_extra_visual_loss(monkeypatch):
+    batch = _batch()
+    ids, mask = batch["text_ids"], batch["text_mask"]
+
+    def losses_and_grads(module, name):
+        module.zero_grad()
+        losses, _ = module.compute_losses(batch, 0, torch.Generator().manual_seed(0))
+        if name in losses:
+            losses[name].backward()
+        return losses, {
+            n for n, p in module.named_parameters() if p.grad is not None and p.grad.any()
+        }
+
+    module = PerceiverVLModule(
+        model=dict(TINY_MODEL), objectives=["contrastive"], locked_text_anchor=0.5, seed=2
+    )
+    assert module.loss_weights["locked_text"] == 0.5
+    module.eval()  # no dropout: the recomputation below must match exactly
+    losses, grads = losses_and_grads(module, "locked_text")
+    assert set(losses) == {"contrastive", "locked_text"}
+    # the visual embeddings against the seeded fixed features, with the contrastive temperature
+    model = module.model
+    with torch.no_grad():
+        visual = model.embed(
+            model.encode(video=batch["video"], video_mask=batch["video_mask"]), "visual"
+        )
+        targets = build_locked_text("ngram", model.config, seed=2)(ids, mask)
+        keys = text_keys(batch["text"], ids.device)
+        expected, _ = contrastive_loss(
+            visual, targets, model.contrastive_head.logit_scale, keys=keys
+        )
+    assert torch.allclose(losses["locked_text"].detach(), expected, atol=1e-5)
+    # it trains the visual side only
+    assert "model.contrastive_head.visual_proj.weight" in grads
+    assert "model.contrastive_head.text_proj.weight" not in grads
+    assert "model.text_embed.word_embeddings.weight" not in grads
+    # the live contrastive loss still trains the text side
+    assert "model.contrastive_head.text_proj.weight" in losses_and_grads(module, "contrastive")[1]
+
+    # not during a locked phase (the contrastive loss is already against the fixed features)
+    locked = PerceiverVLModule(
+        model=dict(TINY_MODEL),
+        objectives=["contrastive"],
+        locked_text_steps=3,
+        locked_text_anchor=0.5,
+    )
+    assert set(losses_and_grads(locked, "contrastive")[0]) == {"contrastive"}
+    monkeypatch.setattr(PerceiverVLModule, "global_step", property(lambda self: 3))
+    assert set(losses_and_grads(locked, "contrastive")[0]) == {"contrastive", "locked_text"}
+    # off by default; an explicit loss weight wins
+    plain = PerceiverVLModule(model=dict(TINY_MODEL), objectives=["contrastive"])
+    assert set(losses_and_grads(plain, "contrastive")[0]) == {"contrastive"}
+    weighted = PerceiverVLModule(
+        model=dict(TINY_MODEL),
+        objectives=["contrastive"],
+        locked_text_anchor=0.5,
+        loss_weights={"locked_text": 2.0},
+    )
+    assert weighted.loss_weights["locked_text"] == 2.0
+
+
+def test_locked_text_anchor_is_checked():
+    with pytest.raises(ValueError, match="locked_text_anchor"):
+        PerceiverVLModule(model=dict(TINY_MODEL), objectives=["contrastive"], locked_text_anchor=-1)
+    with pytest.raises(ValueError, match="locked_text_anchor"):
+        PerceiverVLModule(model=dict(TINY_MODEL), objectives=["matching"], locked_text_anchor=0.5)
+
+
 def test_locked_text_features_must_be_known():
     with pytest.raises(ValueError, match="locked_text_features"):
         PerceiverVLModule(
@@ -306,3 +374,57 @@ def test_locked_text_steps_need_the_contrastive_objective():
         PerceiverVLModule(model=dict(TINY_MODEL), objectives=["matching"], locked_text_steps=5)
     with pytest.raises(ValueError, match="locked_text_steps"):
         PerceiverVLModule(model=dict(TINY_MODEL), objectives=["contrastive"], locked_text_steps=-1)
+
+
+@pytest.mark.parametrize(
+    ("choice", "flash_in_training"), [("auto", False), ("math", False), ("default", True)]
+)
+def test_training_attention_picks_the_kernel_of_training_steps(tmp_path, choice, flash_in_training):
+    import lightning.pytorch as pl
+
+    module = PerceiverVLModule(
+        model=dict(TINY_MODEL), objectives=["contrastive"], training_attention=choice
+    )
+    seen = []
+    compute = module.compute_losses
+
+    def recording(*args, **kwargs):
+        seen.append(torch.backends.cuda.flash_sdp_enabled())  # the global SDPA kernel flags
+        return compute(*args, **kwargs)
+
+    module.compute_losses = recording
+    loader = torch.utils.data.DataLoader([_batch()] * 2, batch_size=None)
+    trainer = pl.Trainer(
+        max_steps=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, loader, loader)
+    # training steps (on this CPU) under the chosen kernel, validation under PyTorch's choice,
+    # and the flags restored afterwards
+    assert len(seen) >= 3 and seen[:2] == [flash_in_training] * 2 and all(seen[2:])
+    assert torch.backends.cuda.flash_sdp_enabled()
+
+
+def test_training_attention_kernels_compute_the_same_losses():
+    module = PerceiverVLModule(
+        model=dict(TINY_MODEL), objectives=["contrastive", "matching", "mlm"]
+    ).eval()
+    batch = _batch()
+
+    def losses():
+        out, _ = module.compute_losses(batch, 0, torch.Generator().manual_seed(0))
+        return {k: v.item() for k, v in out.items()}
+
+    default = losses()
+    with module._training_attention():
+        math_kernel = losses()
+    assert default.keys() == math_kernel.keys()
+    assert all(math.isclose(default[k], math_kernel[k], rel_tol=1e-4) for k in default)
+    with pytest.raises(ValueError, match="training_attention"):
+        PerceiverVLModule(model=dict(TINY_MODEL), training_attention="flash")

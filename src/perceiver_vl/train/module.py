@@ -3,6 +3,7 @@ LayerDrop steps shared by every rank, and validation metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -11,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from perceiver_vl.metrics import qa_accuracy, retrieval_metrics, vqa_score
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
@@ -115,7 +117,19 @@ class PerceiverVLModule(pl.LightningModule):
             ``ngram``, random unigram + ordered-bigram features, which tell word order apart;
             or ``model``, the text embeddings of a frozen, freshly initialised copy of the
             model, which are nearly a bag of words.
+        locked_text_anchor: after the locked phase (or without one), the visual embeddings
+            keep being compared with the same fixed text features, as an extra loss
+            ``locked_text`` of this weight, while the contrastive loss trains both sides
+            against each other. It keeps what a locked phase taught the visual side (motion,
+            word order) while the live text side catches up (docs/analyses.md). 0 = off.
         eval_modes: retrieval modes computed at validation (``multi``, ``mixed``).
+        training_attention: the attention kernel of training steps (validation and inference
+            keep PyTorch's choice): ``math`` (PyTorch's composite scaled-dot-product attention,
+            whose backward is plain matmuls), ``default`` (PyTorch's choice: the flash kernel on
+            the CPU, fused kernels on GPUs) or ``auto``: ``math`` on the CPU, ``default``
+            elsewhere. On the 2-core CPU, with the demo's model at batch 64 in bf16, ``math``
+            made a warm-up step 0.25 -> 0.19 s and a fine-tuning step 0.35 -> 0.26 s; for
+            inference the flash kernel is the faster one (docs/performance.md).
         seed: seeds the objectives' sampling (negatives).
     """
 
@@ -149,7 +163,9 @@ class PerceiverVLModule(pl.LightningModule):
         two_stage: float | None = None,
         locked_text_steps: int = 0,
         locked_text_features: Literal["ngram", "model"] = "ngram",
+        locked_text_anchor: float = 0.0,
         eval_modes: Sequence[str] = ("multi", "mixed"),
+        training_attention: Literal["auto", "math", "default"] = "auto",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -164,6 +180,7 @@ class PerceiverVLModule(pl.LightningModule):
             ("retrieval_stream", retrieval_stream, ("mixed", "single")),
             ("optimizer", optimizer, ("adamw", "adam")),
             ("locked_text_features", locked_text_features, LOCKED_TEXT_KINDS),
+            ("training_attention", training_attention, ("auto", "math", "default")),
             ("schedule", schedule, ("linear", "cosine", "constant")),
             (
                 "trainable",
@@ -232,6 +249,13 @@ class PerceiverVLModule(pl.LightningModule):
                 "model.locked_text_steps only changes the 'contrastive' objective; add it to "
                 "model.objectives or set locked_text_steps: 0"
             )
+        if locked_text_anchor < 0:
+            raise ValueError(f"model.locked_text_anchor must be >= 0, got {locked_text_anchor}")
+        if locked_text_anchor and "contrastive" not in objectives:
+            raise ValueError(
+                "model.locked_text_anchor adds a term to the 'contrastive' objective; add it to "
+                "model.objectives or set locked_text_anchor: 0"
+            )
         if warmup < 0:
             raise ValueError(f"model.warmup must be >= 0 (fraction or steps), got {warmup}")
         if effective_batch_size is not None and effective_batch_size < 1:
@@ -249,7 +273,8 @@ class PerceiverVLModule(pl.LightningModule):
                 "the 'qa' objective needs a QA head: set model.model.num_answers to the answer "
                 "vocabulary size (e.g. 3129 for VQAv2, 1500 for MSRVTT-QA)"
             )
-        self.loss_weights = {o: 1.0 for o in OBJECTIVES} | dict(loss_weights or {})
+        self.loss_weights = {o: 1.0 for o in OBJECTIVES} | {"locked_text": locked_text_anchor}
+        self.loss_weights |= dict(loss_weights or {})
         self.layerdrop_log: list[tuple[int, tuple[int, ...]]] = []
         self._val_store: dict[int, dict[str, list[Any]]] = {}
         self._new_head_names: set[str] = set()
@@ -411,18 +436,19 @@ class PerceiverVLModule(pl.LightningModule):
                         text_ids=ids, text_mask=mask, layerdrop_step=layerdrop_step
                     )
             if "contrastive" in objectives:
+                visual_embedding = model.embed(visual_latents, "visual")
+                scale = model.contrastive_head.logit_scale
                 text_embedding = (
                     self._locked_text_embedding(ids, mask)
                     if locked
                     else model.embed(text_latents, "text")
                 )
-                loss, logits = contrastive_loss(
-                    model.embed(visual_latents, "visual"),
-                    text_embedding,
-                    model.contrastive_head.logit_scale,
-                    keys=keys,
-                )
+                loss, logits = contrastive_loss(visual_embedding, text_embedding, scale, keys=keys)
                 losses["contrastive"] = loss
+                if not locked and self.hparams.locked_text_anchor > 0:
+                    losses["locked_text"], _ = contrastive_loss(
+                        visual_embedding, self._locked_text_embedding(ids, mask), scale, keys=keys
+                    )
                 stats["temperature"] = 1.0 / model.contrastive_head.logit_scale.detach().exp()
             if "retrieval" in objectives:
                 losses["retrieval"], stats["retrieval_acc"] = self._retrieval_loss(
@@ -532,7 +558,8 @@ class PerceiverVLModule(pl.LightningModule):
         for salt, (prefix, sub) in enumerate(parts):
             if salt:
                 generator = self._generator(step, salt)
-            losses, stats = self.compute_losses(sub, step, generator)
+            with self._training_attention():
+                losses, stats = self.compute_losses(sub, step, generator)
             blocks = tuple(int(b) for b in stats.pop("_blocks").tolist())
             if salt == 0:
                 self.layerdrop_log.append((step, blocks))
@@ -546,6 +573,14 @@ class PerceiverVLModule(pl.LightningModule):
             total = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=self._batch_size(parts))
         return total
+
+    def _training_attention(self) -> contextlib.AbstractContextManager:
+        """The attention kernel of a training step (``training_attention``). The choice is made
+        in the forward; the backward follows the graph the forward built."""
+        choice = self.hparams.training_attention
+        if choice == "math" or (choice == "auto" and self.device.type == "cpu"):
+            return sdpa_kernel([SDPBackend.MATH])
+        return contextlib.nullcontext()
 
     @staticmethod
     def _batch_size(parts: list[tuple[str, dict[str, Any]]]) -> int:

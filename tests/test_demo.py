@@ -39,7 +39,10 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
         "- visual warm-up (contrastive against fixed text features, locked_text_features: ngram): 20 steps"
         in report
     )
-    assert "- fine-tuning (contrastive): 40 steps" in report
+    assert (
+        "- fine-tuning (contrastive, visual side anchored to the warm-up's text features at "
+        "weight 0.5): 40 steps" in report
+    )
     frames = sorted({r["frames"] for r in metrics["efficiency"]})
     assert frames == [8, 16, 32]
     assert {r["model"] for r in metrics["efficiency"]} == {"perceiver-vl", "joint"}

@@ -336,6 +336,8 @@ def finetune_model(
         retrieval_negatives=settings.retrieval_negatives,
         hard_negatives=settings.retrieval_negatives != "all",
         hard_negative_fraction=settings.hard_negative_fraction,
+        locked_text_features=settings.warmup_text_features,
+        locked_text_anchor=settings.finetune_locked_text_anchor,
         lr=settings.finetune_lr,
         warmup=0.1,
         seed=seed,

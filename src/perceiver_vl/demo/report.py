@@ -187,6 +187,12 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
     machine = metrics["machine"]
     training = metrics["training"]
     settings = metrics["settings"]
+    anchor = settings.get("finetune_locked_text_anchor", 0.0)
+    anchored = (
+        f", visual side anchored to the warm-up's text features at weight {anchor:g}"
+        if anchor
+        else ""
+    )
     lines = [
         "# perceiver-vl demo report",
         "",
@@ -234,7 +240,7 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
             if training.get("warmup", {}).get("steps")
             else []
         ),
-        f"- fine-tuning ({' + '.join(training['finetune']['objectives'])}): "
+        f"- fine-tuning ({' + '.join(training['finetune']['objectives'])}{anchored}): "
         f"{training['finetune']['steps']} steps",
         f"- LayerDrop in the warm-up and fine-tuning: {settings['finetune_layerdrop']}",
         f"- mixed-stream decoder on the fine-tuned latents (encoder frozen, training pairs "

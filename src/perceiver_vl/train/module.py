@@ -242,20 +242,17 @@ class PerceiverVLModule(pl.LightningModule):
                 f"model.hard_negative_fraction={hard_negative_fraction!r} must be in [0, 1] "
                 "(the share of the k negatives that are the hardest; the rest are random)"
             )
-        if locked_text_steps < 0:
-            raise ValueError(f"model.locked_text_steps must be >= 0, got {locked_text_steps}")
-        if locked_text_steps and "contrastive" not in objectives:
-            raise ValueError(
-                "model.locked_text_steps only changes the 'contrastive' objective; add it to "
-                "model.objectives or set locked_text_steps: 0"
-            )
-        if locked_text_anchor < 0:
-            raise ValueError(f"model.locked_text_anchor must be >= 0, got {locked_text_anchor}")
-        if locked_text_anchor and "contrastive" not in objectives:
-            raise ValueError(
-                "model.locked_text_anchor adds a term to the 'contrastive' objective; add it to "
-                "model.objectives or set locked_text_anchor: 0"
-            )
+        for name, value in (
+            ("locked_text_steps", locked_text_steps),
+            ("locked_text_anchor", locked_text_anchor),
+        ):
+            if value < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {value}")
+            if value and "contrastive" not in objectives:
+                raise ValueError(
+                    f"model.{name} only acts on the 'contrastive' objective; add it to "
+                    f"model.objectives or set {name}: 0"
+                )
         if warmup < 0:
             raise ValueError(f"model.warmup must be >= 0 (fraction or steps), got {warmup}")
         if effective_batch_size is not None and effective_batch_size < 1:

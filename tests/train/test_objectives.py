@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -107,6 +108,20 @@ def _batch(n=4, frames=2):
         "mlm_labels": labels,
         "text": [f"caption {i}" for i in range(n)],
     }
+
+
+def _quiet_trainer(tmp_path, **options):
+    """A CPU Lightning trainer without logger, checkpoints, progress bar or summary."""
+    import lightning.pytorch as pl
+
+    return pl.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        **options,
+    )
 
 
 @pytest.mark.parametrize(
@@ -221,15 +236,7 @@ def test_two_stage_switch_trains_cross_attention_first_then_everything(tmp_path)
             snapshots.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
 
     loader = torch.utils.data.DataLoader([_batch()] * 4, batch_size=None)
-    trainer = pl.Trainer(
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Snap()],
-        default_root_dir=str(tmp_path),
-    )
+    trainer = _quiet_trainer(tmp_path, max_steps=4, callbacks=[Snap()])
     start = {n: p.detach().clone() for n, p in module.named_parameters()}
     trainer.fit(module, loader)
 
@@ -380,8 +387,6 @@ def test_locked_text_steps_need_the_contrastive_objective():
     ("choice", "flash_in_training"), [("auto", False), ("math", False), ("default", True)]
 )
 def test_training_attention_picks_the_kernel_of_training_steps(tmp_path, choice, flash_in_training):
-    import lightning.pytorch as pl
-
     module = PerceiverVLModule(
         model=dict(TINY_MODEL), objectives=["contrastive"], training_attention=choice
     )
@@ -394,16 +399,7 @@ def test_training_attention_picks_the_kernel_of_training_steps(tmp_path, choice,
 
     module.compute_losses = recording
     loader = torch.utils.data.DataLoader([_batch()] * 2, batch_size=None)
-    trainer = pl.Trainer(
-        max_steps=2,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = _quiet_trainer(tmp_path, max_steps=2, limit_val_batches=1, num_sanity_val_steps=0)
     trainer.fit(module, loader, loader)
     # training steps (on this CPU) under the chosen kernel, validation under PyTorch's choice,
     # and the flags restored afterwards
@@ -417,13 +413,17 @@ def test_training_attention_kernels_compute_the_same_losses():
     ).eval()
     batch = _batch()
 
-    def losses():
-        out, _ = module.compute_losses(batch, 0, torch.Generator().manual_seed(0))
-        return {k: v.item() for k, v in out.items()}
+    def losses_and_kernels(context):
+        with context, torch.profiler.profile() as profiler:
+            out, _ = module.compute_losses(batch, 0, torch.Generator().manual_seed(0))
+        kernels = {e.key for e in profiler.key_averages() if "_scaled_dot_product" in e.key}
+        return {k: v.item() for k, v in out.items()}, kernels
 
-    default = losses()
-    with module._training_attention():
-        math_kernel = losses()
+    default, default_kernels = losses_and_kernels(contextlib.nullcontext())
+    math_kernel, math_kernels = losses_and_kernels(module._training_attention())
+    # two different kernels ran (PyTorch picks flash on the CPU), to the same losses
+    assert default_kernels == {"aten::_scaled_dot_product_flash_attention_for_cpu"}
+    assert math_kernels == {"aten::_scaled_dot_product_attention_math"}
     assert default.keys() == math_kernel.keys()
     assert all(math.isclose(default[k], math_kernel[k], rel_tol=1e-4) for k in default)
     with pytest.raises(ValueError, match="training_attention"):

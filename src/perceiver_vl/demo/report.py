@@ -187,7 +187,7 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
     machine = metrics["machine"]
     training = metrics["training"]
     settings = metrics["settings"]
-    anchor = settings.get("finetune_locked_text_anchor", 0.0)
+    anchor = settings["finetune_locked_text_anchor"]
     anchored = (
         f", visual side anchored to the warm-up's text features at weight {anchor:g}"
         if anchor

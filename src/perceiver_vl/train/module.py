@@ -446,7 +446,7 @@ class PerceiverVLModule(pl.LightningModule):
                     losses["locked_text"], _ = contrastive_loss(
                         visual_embedding, self._locked_text_embedding(ids, mask), scale, keys=keys
                     )
-                stats["temperature"] = 1.0 / model.contrastive_head.logit_scale.detach().exp()
+                stats["temperature"] = 1.0 / scale.detach().exp()
             if "retrieval" in objectives:
                 losses["retrieval"], stats["retrieval_acc"] = self._retrieval_loss(
                     batch, vis, visual_latents, text_latents, keys, layerdrop_step, generator

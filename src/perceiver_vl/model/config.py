@@ -50,6 +50,15 @@ class PerceiverVLConfig:
             A model converted from the released checkpoint stores ``(0,)`` (see the spec).
         cross_attention_residual: ``"normalized"`` (the released model: the residual starts from
             the LayerNorm-ed latents) or ``"standard"`` (pre-LN: ``x + attn(norm(x))``).
+        initializer_range: Standard deviation of every linear layer's weights at
+            initialisation. ``None`` (default): ``1 / sqrt(fan_in)`` per layer (LeCun), which
+            keeps each layer's output on the scale of its input at any width. A number: that
+            fixed standard deviation for every linear layer; 0.02 is the ViT / released-code
+            choice, made for D = 768 (0.02 x sqrt(768) = 0.55 per layer). At small widths a fixed
+            0.02 shrinks every layer's output (x 0.23 at D = 128, x 0.11 at D = 32): attention
+            starts uniform, the attention and MLP branches start near zero, and vision-text
+            matching stays at chance for hundreds of steps (docs/analyses.md, "Why matching did
+            not learn"). Irrelevant when weights are loaded.
         modality_embedding: Add a learned visual/text type embedding to every input token
             (paper §3.1; the released model has none). False.
         frame_difference: Also project each video patch's change from the same patch in the
@@ -95,6 +104,7 @@ class PerceiverVLConfig:
     layerdrop_seed: int = 0
     inference_cross_attention_blocks: tuple[int, ...] | None = None
     cross_attention_residual: CrossAttentionResidual = "normalized"
+    initializer_range: float | None = None
     modality_embedding: bool = False
     frame_difference: bool = False
     visual_position_init_std: float = 0.02
@@ -178,6 +188,11 @@ class PerceiverVLConfig:
             raise ValueError(
                 "PerceiverVLConfig.cross_attention_residual must be 'normalized' or 'standard', "
                 f"got {self.cross_attention_residual!r}"
+            )
+        if self.initializer_range is not None and not 0.0 < self.initializer_range <= 10.0:
+            raise ValueError(
+                "PerceiverVLConfig.initializer_range must be None (1 / sqrt(fan_in) per layer) or "
+                f"in (0, 10], got {self.initializer_range}; 0.02 is the ViT / released-code value"
             )
         if not 0.0 <= self.visual_position_init_std <= 10.0:
             raise ValueError(

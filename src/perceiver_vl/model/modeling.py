@@ -101,9 +101,13 @@ class PerceiverVL(nn.Module):
         self.layerdrop_counter = 0
 
     def _init_linear_layers(self) -> None:
+        """Linear weights: truncated normal with ``config.initializer_range`` (None = 1/sqrt(fan_in),
+        see the config); biases zero; LayerNorms the identity."""
+        fixed = self.config.initializer_range
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
+                std = fixed if fixed is not None else module.in_features**-0.5
+                nn.init.trunc_normal_(module.weight, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):

@@ -71,9 +71,22 @@ class PerceiverVLModule(pl.LightningModule):
             ``retrieval_stream``), ``qa`` (VQA soft-score BCE or MSRVTT-QA cross-entropy).
         loss_weights: per objective multiplier (default 1).
         matching_negative_fraction: share of matching pairs with another sample's visual input.
-        mlm_on_negatives: also compute masked LM on mismatched pairs (default: matched only).
-        retrieval_stream: ``mixed`` (encode each modality once, score with the decoder) or
-            ``single`` (joint encoding of every candidate pair).
+        matching_negatives: ``random`` (the paper: the other sample is drawn uniformly) or
+            ``hard``: drawn with probability softmax(multi-stream similarity), so negatives
+            look like the caption (ALBEF's hard negatives; ours, not the paper's). Needs the
+            multi-stream embeddings to mean something, i.e. the ``contrastive`` objective
+            trained alongside or before.
+        matching_text: ``clean`` (the released code): matching is scored in its own encoder
+            pass on the uncorrupted text, and masked LM in a second pass on the corrupted copy,
+            each sample with its own visual input. ``corrupted``: one encoder pass for both
+            (half the cost): matching is scored on the MLM-corrupted text, and masked LM on the
+            matched pairs of that pass (``mlm_on_negatives`` adds the mismatched ones).
+        mlm_on_negatives: with ``matching_text: corrupted``, also compute masked LM on
+            mismatched pairs (default: matched only).
+        retrieval_stream: ``mixed`` (encode each modality once, score with the decoder),
+            ``single`` (joint encoding of every candidate pair), or a list of both (the two
+            cross-entropies are averaged; they share the decoder and the matching head). Each
+            stream's loss is also logged as ``retrieval_<stream>``.
         retrieval_negatives: k negatives per query, or ``"all"``: every other item of the batch
             (mixed stream only). With ``"all"`` the mixed-stream logits of all B x B pairs come
             from the factorised scorer (:func:`~perceiver_vl.model.streams.mixed_stream_scores`:
@@ -141,8 +154,10 @@ class PerceiverVLModule(pl.LightningModule):
         objectives: Sequence[str] = ("matching", "mlm"),
         loss_weights: dict[str, float] | None = None,
         matching_negative_fraction: float = 0.5,
+        matching_negatives: Literal["random", "hard"] = "random",
+        matching_text: Literal["clean", "corrupted"] = "clean",
         mlm_on_negatives: bool = False,
-        retrieval_stream: Literal["mixed", "single"] = "mixed",
+        retrieval_stream: Literal["mixed", "single"] | Sequence[str] = "mixed",
         retrieval_negatives: int | Literal["all"] = 7,
         hard_negatives: bool = False,
         hard_negative_fraction: float = 1.0,
@@ -177,7 +192,8 @@ class PerceiverVLModule(pl.LightningModule):
                 f"{list(OBJECTIVES)}"
             )
         for name, value, allowed in (
-            ("retrieval_stream", retrieval_stream, ("mixed", "single")),
+            ("matching_text", matching_text, ("clean", "corrupted")),
+            ("matching_negatives", matching_negatives, ("random", "hard")),
             ("optimizer", optimizer, ("adamw", "adam")),
             ("locked_text_features", locked_text_features, LOCKED_TEXT_KINDS),
             ("training_attention", training_attention, ("auto", "math", "default")),
@@ -196,6 +212,12 @@ class PerceiverVLModule(pl.LightningModule):
         ):
             if value not in allowed:
                 raise ValueError(f"model.{name}={value!r} must be one of {list(allowed)}")
+        streams = [retrieval_stream] if isinstance(retrieval_stream, str) else list(retrieval_stream)
+        if not streams or set(streams) - {"mixed", "single"} or len(set(streams)) != len(streams):
+            raise ValueError(
+                f"model.retrieval_stream={retrieval_stream!r} must be 'mixed', 'single' or a list "
+                "of both"
+            )
         if set(retrieval_directions) - {"t2v", "v2t"} or not retrieval_directions:
             raise ValueError(
                 f"model.retrieval_directions={list(retrieval_directions)} must be a non-empty "
@@ -219,7 +241,7 @@ class PerceiverVLModule(pl.LightningModule):
                     "unset, or drop two_stage"
                 )
         if retrieval_negatives == "all":
-            if retrieval_stream != "mixed":
+            if streams != ["mixed"]:
                 raise ValueError(
                     "model.retrieval_negatives='all' scores every pair of the batch with the "
                     "factorised mixed-stream scorer; set model.retrieval_stream: mixed, or give "
@@ -259,6 +281,7 @@ class PerceiverVLModule(pl.LightningModule):
             raise ValueError(f"model.effective_batch_size must be >= 1, got {effective_batch_size}")
         self.save_hyperparameters()
         self.objectives = objectives
+        self.retrieval_streams: tuple[str, ...] = tuple(streams)
         # The freezing schedule in force: (what trains first, the step everything trains from).
         self.freeze_mode: str = "cross_attention" if two_stage is not None else trainable
         self.unfreeze_step: int | None = (
@@ -380,51 +403,10 @@ class PerceiverVLModule(pl.LightningModule):
         keys = text_keys(batch["text"], ids.device) if "text" in batch else None
         blocks = None
 
-        if "matching" in objectives or "mlm" in objectives:
-            matching_labels = None
-            index = None
-            if "matching" in objectives:
-                index, labels = matching_pairs(
-                    size,
-                    generator,
-                    keys=keys,
-                    negative_fraction=self.hparams.matching_negative_fraction,
-                )
-                index, matching_labels = index.to(ids.device), labels.to(ids.device)
-            mlm_labels = None
-            text_in = ids
-            if "mlm" in objectives:
-                if "mlm_labels" not in batch:
-                    raise ValueError(
-                        "the 'mlm' objective needs masked-LM inputs: set data.mlm_probability > 0"
-                    )
-                text_in, mlm_labels = batch["mlm_ids"], batch["mlm_labels"]
-                if matching_labels is not None and not self.hparams.mlm_on_negatives:
-                    mlm_labels = mlm_labels.masked_fill(matching_labels[:, None] == 0, -100)
-            out = model(
-                **visual_inputs(batch, index),
-                text_ids=text_in,
-                text_mask=mask,
-                mlm_labels=mlm_labels,
-                matching_labels=matching_labels,
-                layerdrop_step=layerdrop_step,
-            )
-            blocks = out.cross_attention_blocks
-            if out.matching_loss is not None:
-                losses["matching"] = out.matching_loss
-                pred = (out.matching_logits.detach() > 0).long()
-                stats["matching_acc"] = (pred == matching_labels).float().mean()
-            if out.mlm_loss is not None:
-                losses["mlm"] = out.mlm_loss
-                target = mlm_labels != -100
-                if bool(target.any()):
-                    hit = out.mlm_target_logits.detach().argmax(-1) == mlm_labels[target]
-                    stats["mlm_acc"] = hit.float().mean()
-
+        visual_latents = text_latents = None
         if "contrastive" in objectives or "retrieval" in objectives:
-            need_latents = "contrastive" in objectives or self.hparams.retrieval_stream == "mixed"
+            need_latents = "contrastive" in objectives or "mixed" in self.retrieval_streams
             need_latents = need_latents or self.hparams.hard_negatives
-            visual_latents = text_latents = None
             locked = self.global_step < self.hparams.locked_text_steps
             if need_latents:
                 visual_latents = model.encode(**vis, layerdrop_step=layerdrop_step)
@@ -448,9 +430,82 @@ class PerceiverVLModule(pl.LightningModule):
                     )
                 stats["temperature"] = 1.0 / scale.detach().exp()
             if "retrieval" in objectives:
-                losses["retrieval"], stats["retrieval_acc"] = self._retrieval_loss(
-                    batch, vis, visual_latents, text_latents, keys, layerdrop_step, generator
+                per_stream = {
+                    stream: self._retrieval_loss(
+                        stream, batch, visual_latents, text_latents, keys, layerdrop_step, generator
+                    )
+                    for stream in self.retrieval_streams
+                }
+                losses["retrieval"] = sum(loss for loss, _ in per_stream.values()) / len(
+                    per_stream
                 )
+                stats["retrieval_acc"] = sum(acc for _, acc in per_stream.values()) / len(
+                    per_stream
+                )
+                if len(per_stream) > 1:
+                    for stream, (loss, acc) in per_stream.items():
+                        stats[f"retrieval_{stream}_loss"] = loss.detach()
+                        stats[f"retrieval_{stream}_acc"] = acc
+
+        if "matching" in objectives or "mlm" in objectives:
+            joint_pass = (
+                self.hparams.matching_text == "corrupted"
+                and "matching" in objectives
+                and "mlm" in objectives
+            )
+            if "matching" in objectives:
+                index, labels = matching_pairs(
+                    size,
+                    generator,
+                    keys=keys,
+                    negative_fraction=self.hparams.matching_negative_fraction,
+                    scores=self._matching_scores(batch, visual_latents, text_latents),
+                )
+                index, matching_labels = index.to(ids.device), labels.to(ids.device)
+                if not joint_pass:
+                    # the released semantics: matching is scored on the clean text
+                    out = model(
+                        **visual_inputs(batch, index),
+                        text_ids=ids,
+                        text_mask=mask,
+                        matching_labels=matching_labels,
+                        layerdrop_step=layerdrop_step,
+                    )
+                    blocks = out.cross_attention_blocks
+                    self._matching_stats(out, matching_labels, losses, stats)
+            if "mlm" in objectives:
+                if "mlm_labels" not in batch:
+                    raise ValueError(
+                        "the 'mlm' objective needs masked-LM inputs: set data.mlm_probability > 0"
+                    )
+                mlm_labels = batch["mlm_labels"]
+                if joint_pass:
+                    # one encoder call: matching on the corrupted text, MLM on the matched pairs
+                    if not self.hparams.mlm_on_negatives:
+                        mlm_labels = mlm_labels.masked_fill(matching_labels[:, None] == 0, -100)
+                    out = model(
+                        **visual_inputs(batch, index),
+                        text_ids=batch["mlm_ids"],
+                        text_mask=mask,
+                        mlm_labels=mlm_labels,
+                        matching_labels=matching_labels,
+                        layerdrop_step=layerdrop_step,
+                    )
+                    self._matching_stats(out, matching_labels, losses, stats)
+                else:  # each sample's own visual input with its corrupted text
+                    out = model(
+                        **vis,
+                        text_ids=batch["mlm_ids"],
+                        text_mask=mask,
+                        mlm_labels=mlm_labels,
+                        layerdrop_step=layerdrop_step,
+                    )
+                blocks = out.cross_attention_blocks
+                losses["mlm"] = out.mlm_loss
+                target = mlm_labels != -100
+                if bool(target.any()):
+                    hit = out.mlm_target_logits.detach().argmax(-1) == mlm_labels[target]
+                    stats["mlm_acc"] = hit.float().mean()
 
         if "qa" in objectives:
             if model.config.qa_loss == "bce":
@@ -479,6 +534,31 @@ class PerceiverVLModule(pl.LightningModule):
         stats["_blocks"] = torch.tensor(blocks)
         return losses, stats
 
+    def _matching_scores(
+        self, batch: dict[str, Any], visual_latents: Tensor | None, text_latents: Tensor | None
+    ) -> Tensor | None:
+        """With ``matching_negatives: hard``, the multi-stream similarity of the batch as logits
+        (text x visual), from this step's latents when another objective encoded them."""
+        if self.hparams.matching_negatives != "hard":
+            return None
+        model = self.model
+        with torch.no_grad():
+            if visual_latents is None or text_latents is None:
+                visual_latents = model.encode(**visual_inputs(batch))
+                text_latents = model.encode(
+                    text_ids=batch["text_ids"], text_mask=batch.get("text_mask")
+                )
+            scale = model.contrastive_head.logit_scale.float().exp().clamp(max=100.0)
+            return scale * model.multi_stream_scores(visual_latents, text_latents)
+
+    @staticmethod
+    def _matching_stats(
+        out: Any, labels: Tensor, losses: dict[str, Tensor], stats: dict[str, Tensor]
+    ) -> None:
+        losses["matching"] = out.matching_loss
+        pred = (out.matching_logits.detach() > 0).long()
+        stats["matching_acc"] = (pred == labels).float().mean()
+
     @torch.no_grad()
     def _locked_text_embedding(self, ids: Tensor, mask: Tensor | None) -> Tensor:
         """The locked phase's fixed text targets
@@ -492,8 +572,8 @@ class PerceiverVLModule(pl.LightningModule):
 
     def _retrieval_loss(
         self,
+        stream: str,
         batch: dict[str, Any],
-        vis: dict[str, Tensor],
         visual_latents: Tensor | None,
         text_latents: Tensor | None,
         keys: Tensor | None,
@@ -528,7 +608,7 @@ class PerceiverVLModule(pl.LightningModule):
             query = torch.arange(size, device=ids.device)[:, None].expand(-1, k1).reshape(-1)
             item = cand.reshape(-1)
             v_idx, t_idx = (item, query) if direction == "t2v" else (query, item)
-            if self.hparams.retrieval_stream == "mixed":
+            if stream == "mixed":
                 logits = model.mixed_stream_logits(visual_latents[v_idx], text_latents[t_idx])
             else:
                 out = model(
@@ -543,7 +623,6 @@ class PerceiverVLModule(pl.LightningModule):
             total = total + F.cross_entropy(logits, target)
             correct += float((logits.detach().argmax(1) == 0).float().sum())
             count += size
-        del vis
         n = len(self.hparams.retrieval_directions)
         return total / n, torch.tensor(correct / max(count, 1))
 

@@ -128,11 +128,15 @@ def matching_pairs(
     *,
     keys: Tensor | None = None,
     negative_fraction: float = 0.5,
+    scores: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Visual index and label for every text of a batch (vision-text matching).
 
     ``round(negative_fraction * B)`` randomly chosen texts get another sample's visual input
-    (label 0); the rest keep their own (label 1). A negative whose partner has the same caption
+    (label 0); the rest keep their own (label 1). The other sample is random, or, when
+    ``scores`` (B, B) (text x visual, e.g. the multi-stream similarity as logits) is given,
+    drawn with probability ``softmax(scores[text])`` among the items with another caption key
+    (hard negatives, as ALBEF samples them). A negative whose partner has the same caption
     key is relabelled 1 (it does match).
 
     Returns:
@@ -146,6 +150,13 @@ def matching_pairs(
     num_negative = int(round(negative_fraction * batch_size))
     negative = torch.zeros(batch_size, dtype=torch.bool)
     negative[torch.randperm(batch_size, generator=generator)[:num_negative]] = True
+    if scores is not None:
+        valid = ~torch.eye(batch_size, dtype=torch.bool)
+        if keys is not None:
+            valid &= keys.cpu()[:, None] != keys.cpu()[None, :]
+        valid[~valid.any(dim=1)] = ~torch.eye(batch_size, dtype=torch.bool)[~valid.any(dim=1)]
+        weights = scores.detach().float().cpu().masked_fill(~valid, float("-inf")).softmax(dim=1)
+        partner = torch.multinomial(weights, 1, generator=generator).squeeze(1)
     index = torch.where(negative, partner, torch.arange(batch_size))
     labels = (~negative).long()
     if keys is not None:

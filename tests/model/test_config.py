@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from perceiver_vl import PerceiverVLConfig
 
@@ -37,11 +38,27 @@ def test_defaults_are_the_paper_settings():
         (dict(image_size=30), "multiple of"),
         (dict(hidden_size=0), "hidden_size"),
         (dict(cross_attention_residual="post"), "cross_attention_residual"),
+        (dict(initializer_range=0.0), "initializer_range"),
+        (dict(initializer_range=-0.02), "initializer_range"),
     ],
 )
 def test_invalid_settings_are_named(changes, words):
     with pytest.raises(ValueError, match=words):
         tiny_config(**changes)
+
+
+def test_initializer_range_sets_the_linear_weight_scale():
+    """None: each linear layer at 1/sqrt(fan_in) (so its output keeps its input's scale at any
+    width); a number: that std for every linear layer (0.02, the ViT-B choice)."""
+    from perceiver_vl import PerceiverVL
+
+    torch.manual_seed(0)
+    for initializer_range in (None, 0.02):
+        model = PerceiverVL(tiny_config(hidden_size=64, initializer_range=initializer_range))
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and module.weight.numel() >= 4096:
+                expected = initializer_range or module.in_features**-0.5
+                assert module.weight.std().item() == pytest.approx(expected, rel=0.1), name
 
 
 def test_json_round_trip(tmp_path):

@@ -130,12 +130,18 @@ def _quiet_trainer(tmp_path, **options):
         (["matching", "mlm"], {}),
         (["contrastive", "retrieval"], {"retrieval_stream": "mixed", "hard_negatives": True}),
         (["retrieval"], {"retrieval_stream": "single", "retrieval_negatives": 2}),
+        (["retrieval"], {"retrieval_stream": ["single", "mixed"], "retrieval_negatives": 2}),
+        (["contrastive", "matching"], {"matching_negatives": "hard"}),
+        (["matching", "mlm"], {"matching_text": "corrupted"}),
     ],
 )
 def test_module_objectives_give_finite_losses_and_gradients(objectives, extra):
     module = PerceiverVLModule(model=dict(TINY_MODEL), objectives=objectives, **extra)
     losses, stats = module.compute_losses(_batch(), 3, torch.Generator().manual_seed(0))
     assert set(losses) == set(objectives)
+    if isinstance(extra.get("retrieval_stream"), list):  # one loss per stream, averaged
+        single, mixed = stats["retrieval_single_loss"], stats["retrieval_mixed_loss"]
+        assert losses["retrieval"].item() == pytest.approx(float(single + mixed) / 2, rel=1e-5)
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
@@ -170,6 +176,30 @@ def test_in_batch_retrieval_is_cross_entropy_over_every_pair_of_the_batch():
     assert model.decoder.cls_query.grad is not None
     hits = [(m.argmax(1) == target).float().mean() for m in (pairs, pairs.T)]
     assert float(stats["retrieval_acc"]) == pytest.approx(float(sum(hits) / 2))
+
+
+def test_matching_pairs_hard_negatives_follow_the_scores():
+    """With scores, a negative's visual partner is drawn by softmax(scores): a dominant score
+    is always picked, items with the query's caption key never are."""
+    scores = torch.full((6, 6), -50.0)
+    for row in range(6):
+        scores[row, (row + 2) % 6] = 50.0  # each text's hardest video
+    keys = text_keys(["a", "b", "c", "d", "e", "a"])
+    scores[0, 5] = 100.0  # same caption as text 0: must not be its negative
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        index, labels = matching_pairs(6, g, keys=keys, scores=scores, negative_fraction=1.0)
+        assert labels.tolist() == [0] * 6
+        assert index.tolist() == [(row + 2) % 6 for row in range(6)]
+
+
+def test_retrieval_stream_is_checked():
+    for bad in ("both", ["single", "single"], [], ["mixed", "multi"]):
+        with pytest.raises(ValueError, match="retrieval_stream"):
+            PerceiverVLModule(model=dict(TINY_MODEL), objectives=["retrieval"], retrieval_stream=bad)
+    for name, bad in (("matching_text", "noisy"), ("matching_negatives", "easy")):
+        with pytest.raises(ValueError, match=name):
+            PerceiverVLModule(model=dict(TINY_MODEL), **{name: bad})
 
 
 def test_in_batch_retrieval_rejects_settings_it_cannot_honour():

@@ -26,23 +26,28 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "What the model reads" in report
     assert "timed call(s) after one warm-up" in report and "perceiver-vl bench" in report
-    # every training stage ran its steps and the report lists it
+    # the paper's two stages ran their steps and the report lists them, and what is ours
     training = metrics["training"]
-    assert [training[k]["steps"] for k in ("pretrain", "warmup", "finetune", "decoder")] == [
-        20,
-        20,
-        40,
-        20,
-    ]
-    assert all(training[k]["curve"] for k in ("pretrain", "warmup", "finetune", "decoder"))
+    assert list(training) == ["pretrain", "finetune"]
+    assert [training[k]["steps"] for k in ("pretrain", "finetune")] == [20, 30]
+    assert all(training[k]["curve"] for k in ("pretrain", "finetune"))
+    assert training["finetune"]["objectives"] == ["retrieval", "contrastive"]
+    assert "train/matching_acc" in training["pretrain"]["final"]
+    assert "train/retrieval_loss" in training["finetune"]["final"]
     assert (
-        "- visual warm-up (contrastive against fixed text features, locked_text_features: ngram): 20 steps"
-        in report
+        "- pretraining (vision-text matching on the clean caption + masked LM on a corrupted "
+        "copy, LayerDrop 0.5): 20 steps; 50% of caption tokens masked (paper: 15 %), matching "
+        "loss weight 0.1 (paper: 1)" in report
     )
     assert (
-        "- fine-tuning (contrastive, visual side anchored to the warm-up's text features at "
-        "weight 0.5): 40 steps" in report
+        "- fine-tuning (retrieval + contrastive, LayerDrop 0.5; retrieval = cross-entropy of the "
+        "matching logits over each caption's video and negatives, single: 3 negatives; mixed: "
+        "the batch's other videos; t2v): 30 steps" in report
     )
+    assert "- beyond the paper (ours): the multi-stream contrastive loss in fine-tuning; hard" in report
+    for stream in ("single", "mixed"):
+        assert f"train/retrieval_{stream}_loss" in training["finetune"]["final"]
+    assert metrics["eval_split"] == "test" and "held-out test captions" in report
     frames = sorted({r["frames"] for r in metrics["efficiency"]})
     assert frames == [8, 16, 32]
     assert {r["model"] for r in metrics["efficiency"]} == {"perceiver-vl", "joint"}
@@ -93,8 +98,7 @@ def test_same_seed_gives_the_same_metrics(tmp_path):
     def run(name: str, seed: int) -> dict:
         settings = DemoSettings.quick()
         settings.num_train, settings.num_val, settings.num_test = 48, 4, 12
-        settings.batch_size, settings.decoder_batch_size, settings.pretrain_steps = 16, 16, 3
-        settings.finetune_steps, settings.decoder_steps = 4, 2
+        settings.batch_size, settings.pretrain_steps, settings.finetune_steps = 16, 3, 4
         settings.curve_sizes, settings.efficiency_frames = (4,), (8,)
         return run_demo(
             tmp_path / name,

@@ -11,6 +11,7 @@ import torch
 from perceiver_vl.train.locked_text import build_locked_text
 from perceiver_vl.train.module import PerceiverVLModule, lr_lambda
 from perceiver_vl.train.objectives import (
+    caption_similarity,
     contrastive_loss,
     matching_pairs,
     retrieval_candidates,
@@ -131,6 +132,16 @@ def _quiet_trainer(tmp_path, **options):
         (["contrastive", "retrieval"], {"retrieval_stream": "mixed", "hard_negatives": True}),
         (["retrieval"], {"retrieval_stream": "single", "retrieval_negatives": 2}),
         (["retrieval"], {"retrieval_stream": ["single", "mixed"], "retrieval_negatives": 2}),
+        (
+            ["retrieval", "contrastive"],
+            {
+                "retrieval_stream": ["single", "mixed"],
+                "retrieval_negatives": "all",
+                "single_stream_negatives": 2,
+                "hard_negatives": True,
+                "retrieval_directions": ["t2v"],
+            },
+        ),
         (["contrastive", "matching"], {"matching_negatives": "hard"}),
         (["matching", "mlm"], {"matching_text": "corrupted"}),
     ],
@@ -193,10 +204,52 @@ def test_matching_pairs_hard_negatives_follow_the_scores():
         assert index.tolist() == [(row + 2) % 6 for row in range(6)]
 
 
+def test_caption_similarity_and_caption_negatives():
+    """Word-set Jaccard: a caption one word away is closer than one three words away; matching
+    negatives drawn by it pick the closest other caption, never the same caption."""
+    texts = [
+        "a red circle moves left",
+        "a blue circle moves left",  # one word from 0
+        "a blue square moves up",  # three words from 0
+        "a red circle moves left",  # the same caption as 0
+    ]
+    sim = caption_similarity(texts)
+    assert sim.shape == (4, 4) and torch.allclose(sim, sim.T)
+    assert sim[0, 0] == 1 and sim[0, 3] == 1
+    assert sim[0, 1] == pytest.approx(4 / 6) and sim[0, 2] == pytest.approx(2 / 8)
+    module = PerceiverVLModule(
+        model=dict(TINY_MODEL), objectives=["matching"], matching_negatives="caption"
+    )
+    batch = _batch(n=4)
+    batch["text"] = texts
+    scores = module._matching_scores(batch, None, None)
+    assert torch.allclose(scores, sim / 0.1)
+    picks = []
+    for seed in range(20):
+        index, labels = matching_pairs(
+            4, torch.Generator().manual_seed(seed), keys=text_keys(texts), scores=scores,
+            negative_fraction=1.0,
+        )
+        picks.append(int(index[0]))
+        assert int(index[0]) != 3 and int(index[3]) != 0  # never the same caption
+    assert picks.count(1) > picks.count(2)
+    losses, _ = module.compute_losses(batch, 0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(losses["matching"])
+
+
 def test_retrieval_stream_is_checked():
     for bad in ("both", ["single", "single"], [], ["mixed", "multi"]):
         with pytest.raises(ValueError, match="retrieval_stream"):
             PerceiverVLModule(model=dict(TINY_MODEL), objectives=["retrieval"], retrieval_stream=bad)
+    with pytest.raises(ValueError, match="single_stream_negatives"):
+        PerceiverVLModule(
+            model=dict(TINY_MODEL),
+            objectives=["retrieval"],
+            retrieval_stream=["single", "mixed"],
+            retrieval_negatives="all",
+        )
+    with pytest.raises(ValueError, match="single_stream_negatives"):
+        PerceiverVLModule(model=dict(TINY_MODEL), single_stream_negatives=0)
     for name, bad in (("matching_text", "noisy"), ("matching_negatives", "easy")):
         with pytest.raises(ValueError, match=name):
             PerceiverVLModule(model=dict(TINY_MODEL), **{name: bad})

@@ -35,15 +35,24 @@ def study_settings(quick: bool) -> DemoSettings:
     """The demo's small model and data with the studies' own retrieval recipe: each model trains
     from scratch with multi-stream contrastive + mixed-stream hard negatives (the recipe the
     results in docs/analyses.md were run with; the demo's later visual warm-up, frame-difference
-    input and wider position initialisation are left out so those results stay reproducible)."""
+    input and wider position initialisation are left out, and the linear layers keep the fixed
+    0.02 initialisation they were run with, so those results stay reproducible)."""
     settings = DemoSettings.quick() if quick else DemoSettings.full()
-    model = dict(settings.model, frame_difference=False, visual_position_init_std=0.02)
+    model = dict(
+        settings.model,
+        frame_difference=False,
+        visual_position_init_std=0.02,
+        initializer_range=0.02,
+    )
     return dataclasses.replace(
         settings,
         num_train=settings.num_train if quick else 2000,
         finetune_steps=settings.finetune_steps if quick else 400,
         finetune_objectives=("contrastive", "retrieval"),
-        retrieval_negatives=7,
+        retrieval_streams=("mixed",),
+        mixed_stream_negatives=7,
+        hard_negative_fraction=1.0,
+        retrieval_directions=("t2v", "v2t"),
         finetune_layerdrop=model["layerdrop"],
         model=model,
     )

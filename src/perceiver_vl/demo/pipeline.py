@@ -234,7 +234,7 @@ def prepare_training_data(
         num_frames=settings.clip_frames,
         image_size=settings.size,
         max_text_length=settings.model["max_text_length"],
-        mlm_probability=0.15,
+        mlm_probability=settings.mlm_probability,
         seed=seed,
         progress=progress,
     )
@@ -243,13 +243,16 @@ def prepare_training_data(
     return datamodule
 
 
-def prepare_test_data(data_root: Path, settings: DemoSettings, *, progress: bool):
-    """The test split decoded into :class:`RetrievalInputs` (one unique caption per video)."""
+def prepare_test_data(
+    data_root: Path, settings: DemoSettings, *, progress: bool, split: str = "test"
+):
+    """A held-out split (``test`` or ``val``) decoded into :class:`RetrievalInputs` (one unique
+    caption per video)."""
     tokenizer = Tokenizer.default(max_length=settings.model["max_text_length"])
     test_set = CaptionDataset(
-        data_root / "test.jsonl", data_root, num_frames=settings.clip_frames, size=settings.size
+        data_root / f"{split}.jsonl", data_root, num_frames=settings.clip_frames, size=settings.size
     )
-    test = CachedClips(test_set, num_workers=2, progress=progress, description="decoding test")
+    test = CachedClips(test_set, num_workers=2, progress=progress, description=f"decoding {split}")
     return _retrieval_inputs(test, tokenizer)
 
 
@@ -262,52 +265,20 @@ def pretrain_model(
     progress: bool,
     model_overrides: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, float]]:
-    """Stage 1: vision-text matching + masked LM (with the config's LayerDrop)."""
+    """Stage 1: vision-text matching on the clean caption + masked LM on a corrupted copy (the
+    released code's two passes), with the config's LayerDrop."""
     from perceiver_vl.train.module import PerceiverVLModule
 
     module = PerceiverVLModule(
         model={**settings.model, **(model_overrides or {})},
         objectives=["matching", "mlm"],
+        loss_weights={"matching": settings.pretrain_matching_weight},
         lr=settings.pretrain_lr,
         warmup=0.1,
         seed=seed,
     )
     metrics = _train_stage(module, datamodule, out, "pretrain", settings.pretrain_steps, progress)
     return module, metrics
-
-
-def warm_up_visual(
-    pretrained_dir: Path,
-    datamodule: Any,
-    settings: DemoSettings,
-    out: Path,
-    *,
-    seed: int,
-    progress: bool,
-    stage: str = "warmup",
-) -> tuple[PerceiverVL, dict[str, float]]:
-    """Stage 1b: the visual side learns against fixed text features (``locked_text_steps``).
-
-    Trained together from the start, both sides of the shared encoder settle on what is
-    easiest to see (colour, size) and motion never separates; against fixed text features
-    (``settings.warmup_text_features``: random unigram + ordered-bigram features, centred on
-    the batch mean) every caption word, and the order of the two motion steps, stays
-    distinct, so the visual side learns motion too (docs/analyses.md, sections 2 and 5).
-    """
-    from perceiver_vl.train.module import PerceiverVLModule
-
-    module = PerceiverVLModule(
-        pretrained=str(pretrained_dir),
-        model={"layerdrop": settings.finetune_layerdrop, "dropout": settings.model["dropout"]},
-        objectives=["contrastive"],
-        locked_text_steps=settings.warmup_steps,
-        locked_text_features=settings.warmup_text_features,
-        lr=settings.warmup_lr,
-        warmup=0.1,
-        seed=seed,
-    )
-    metrics = _train_stage(module, datamodule, out, stage, settings.warmup_steps, progress)
-    return module.model.cpu().eval(), metrics
 
 
 def finetune_model(
@@ -321,8 +292,9 @@ def finetune_model(
     model_overrides: dict[str, Any] | None = None,
     stage: str = "finetune",
 ) -> tuple[PerceiverVL, dict[str, float]]:
-    """Stage 2: ``settings.finetune_objectives``: contrastive (multi-stream), optionally with
-    mixed-stream retrieval on hard negatives. Starts from ``pretrained_dir`` (or from scratch
+    """Stage 2, retrieval fine-tuning: ``settings.finetune_objectives`` (the cross-entropy of
+    the matching logits in ``settings.retrieval_streams``, optionally multi-stream contrastive)
+    with ``settings.finetune_layerdrop``. Starts from ``pretrained_dir`` (or from scratch
     when None)."""
     from perceiver_vl.train.module import PerceiverVLModule
 
@@ -332,68 +304,20 @@ def finetune_model(
         pretrained=None if pretrained_dir is None else str(pretrained_dir),
         model=overrides if pretrained_dir is not None else {**settings.model, **overrides},
         objectives=list(settings.finetune_objectives),
-        retrieval_stream="mixed",
-        retrieval_negatives=settings.retrieval_negatives,
-        hard_negatives=settings.retrieval_negatives != "all",
+        retrieval_stream=list(settings.retrieval_streams),
+        retrieval_negatives=settings.mixed_stream_negatives,
+        single_stream_negatives=settings.single_stream_negatives,
+        hard_negatives=(
+            "single" in settings.retrieval_streams or settings.mixed_stream_negatives != "all"
+        ),
         hard_negative_fraction=settings.hard_negative_fraction,
-        locked_text_features=settings.warmup_text_features,
-        locked_text_anchor=settings.finetune_locked_text_anchor,
+        retrieval_directions=list(settings.retrieval_directions),
         lr=settings.finetune_lr,
         warmup=0.1,
         seed=seed,
     )
     metrics = _train_stage(module, datamodule, out, stage, settings.finetune_steps, progress)
     return module.model.cpu().eval(), metrics
-
-
-def train_mixed_decoder(
-    model_dir: Path,
-    datamodule: Any,
-    settings: DemoSettings,
-    out: Path,
-    *,
-    seed: int,
-    progress: bool,
-    stage: str = "decoder",
-) -> tuple[PerceiverVL, dict[str, float]]:
-    """Stage 3: the query decoder and matching head learn mixed-stream scoring on the fixed,
-    fine-tuned latents. The encoder is frozen, so the training pairs are encoded once and the
-    decoder trains on the cached latents with every other pair of its batch as a negative
-    (:func:`~perceiver_vl.train.latent_decoder.fit_decoder_on_dataset`); the loss curve is
-    written like the other stages' (``logs/<stage>/metrics.csv``).
-    """
-    import csv
-
-    from perceiver_vl.train.latent_decoder import fit_decoder_on_dataset
-
-    model = PerceiverVL.from_pretrained(model_dir)
-    tokenizer = Tokenizer.default(max_length=settings.model["max_text_length"])
-    data, texts = _retrieval_inputs(datamodule.dataset("train"), tokenizer)
-    curve = fit_decoder_on_dataset(
-        model,
-        data,
-        texts,
-        steps=settings.decoder_steps,
-        batch_size=settings.decoder_batch_size,
-        lr=settings.decoder_lr,
-        warmup=0.05,
-        seed=seed,
-        progress=progress,
-    )
-    log_dir = out / "logs" / stage
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with (log_dir / "metrics.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["step", "train/loss", "train/retrieval_acc"])
-        for row in curve:
-            writer.writerow([row["step"], row["loss"], row["accuracy"]])
-    final = curve[-1]
-    metrics = {
-        "train/retrieval_loss": round(final["loss"], 4),
-        "train/retrieval_acc": round(final["accuracy"], 4),
-        "train/loss": round(final["loss"], 4),
-    }
-    return model, metrics
 
 
 def build_demo_index(index_dir: Path, model_dir: Path, annotations: Path, *, progress: bool):
@@ -443,39 +367,22 @@ def run_demo(
     )
     pretrained_dir = out / "pretrained"
     pretrain.model.save_pretrained(pretrained_dir)
-    # 2b. visual warm-up against fixed text features (so that motion is learned) ----------------
-    warmup_metrics: dict[str, float] = {}
-    start_dir = pretrained_dir
-    if settings.warmup_steps:
-        warmed, warmup_metrics = clock.run(
-            "warm up the visual side against fixed text features (contrastive)",
-            lambda: warm_up_visual(
-                pretrained_dir, datamodule, settings, out, seed=seed, progress=progress
-            ),
-        )
-        start_dir = out / "warmed_up"
-        warmed.save_pretrained(start_dir)
 
-    # 3. retrieval fine-tuning (settings.finetune_objectives), then the mixed-stream decoder ----
+    # 3. retrieval fine-tuning (settings.finetune_objectives, LayerDrop) ------------------------
     model, finetune_metrics = clock.run(
-        f"fine-tune for retrieval ({' + '.join(settings.finetune_objectives)})",
-        lambda: finetune_model(start_dir, datamodule, settings, out, seed=seed, progress=progress),
+        f"fine-tune for retrieval ({' + '.join(settings.finetune_objectives)}, LayerDrop)",
+        lambda: finetune_model(
+            pretrained_dir, datamodule, settings, out, seed=seed, progress=progress
+        ),
     )
     model_dir = out / "model"
     model.save_pretrained(model_dir)
-    decoder_metrics: dict[str, float] = {}
-    if settings.decoder_steps:
-        model, decoder_metrics = clock.run(
-            "train the mixed-stream decoder on the fine-tuned latents",
-            lambda: train_mixed_decoder(
-                model_dir, datamodule, settings, out, seed=seed, progress=progress
-            ),
-        )
-        model.save_pretrained(model_dir)
 
     # 4. evaluation -----------------------------------------------------------------------------
+    split = settings.eval_split
     data, captions = clock.run(
-        "decode the test clips", lambda: prepare_test_data(data_root, settings, progress=progress)
+        f"decode the {split} clips",
+        lambda: prepare_test_data(data_root, settings, progress=progress, split=split),
     )
     n = len(captions)
     retrieval = clock.run(
@@ -487,7 +394,9 @@ def run_demo(
 
     attributes = clock.run(
         "which caption attributes the top-ranked videos share",
-        lambda: attribute_study(model, data, load_attributes(data_root / "test.jsonl", captions)),
+        lambda: attribute_study(
+            model, data, load_attributes(data_root / f"{split}.jsonl", captions)
+        ),
     )
 
     # 5. LayerDrop trade-off at inference: all blocks vs only the first ---------------------------
@@ -575,6 +484,7 @@ def run_demo(
         "chance_r1": round(100.0 / n, 4),
         "attributes": attributes,
         "num_test_pairs": n,
+        "eval_split": split,
         "layerdrop": layerdrop,
         "efficiency": efficiency,
         "retrieval_time": retrieval_time,
@@ -584,21 +494,11 @@ def run_demo(
                 "final": pretrain_metrics,
                 "curve": _loss_curve(out, "pretrain"),
             },
-            "warmup": {
-                "steps": settings.warmup_steps,
-                "final": warmup_metrics,
-                "curve": _loss_curve(out, "warmup"),
-            },
             "finetune": {
                 "steps": settings.finetune_steps,
                 "objectives": list(settings.finetune_objectives),
                 "final": finetune_metrics,
                 "curve": _loss_curve(out, "finetune"),
-            },
-            "decoder": {
-                "steps": settings.decoder_steps,
-                "final": decoder_metrics,
-                "curve": _loss_curve(out, "decoder"),
             },
         },
         "search_example": example,

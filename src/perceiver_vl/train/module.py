@@ -20,6 +20,7 @@ from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
 from .locked_text import KINDS as LOCKED_TEXT_KINDS
 from .locked_text import build_locked_text
 from .objectives import (
+    caption_similarity,
     contrastive_loss,
     gather_no_grad,
     in_batch_mixed_loss,
@@ -75,7 +76,11 @@ class PerceiverVLModule(pl.LightningModule):
             ``hard``: drawn with probability softmax(multi-stream similarity), so negatives
             look like the caption (ALBEF's hard negatives; ours, not the paper's). Needs the
             multi-stream embeddings to mean something, i.e. the ``contrastive`` objective
-            trained alongside or before.
+            trained alongside or before. ``caption``: drawn with probability
+            softmax(word overlap of the two captions / 0.1), so the negative's caption reads
+            like the positive's (ours; needs no trained embedding, so it works in pretraining).
+            With random negatives, matching is mostly solved by what differs most often between
+            two random captions; negatives alike in most words make it learn the rest.
         matching_text: ``clean`` (the released code): matching is scored in its own encoder
             pass on the uncorrupted text, and masked LM in a second pass on the corrupted copy,
             each sample with its own visual input. ``corrupted``: one encoder pass for both
@@ -93,6 +98,9 @@ class PerceiverVLModule(pl.LightningModule):
             one decoder MLP per pair, keys and values projected once per item), so B - 1
             negatives cost little more than 7; the loss is the cross-entropy of each query over
             the batch, per rank (not gathered across ranks).
+        single_stream_negatives: with both streams in ``retrieval_stream``, the single stream's
+            k (default: ``retrieval_negatives``; needed when that is ``all``, which only the
+            mixed stream can score). A single-stream caption costs k + 1 joint encodings.
         hard_negatives: negatives are the k hardest under the multi-stream similarity (not with
             ``retrieval_negatives: all``, which takes every item).
         hard_negative_fraction: with ``hard_negatives``, only this share of the k negatives is
@@ -154,11 +162,12 @@ class PerceiverVLModule(pl.LightningModule):
         objectives: Sequence[str] = ("matching", "mlm"),
         loss_weights: dict[str, float] | None = None,
         matching_negative_fraction: float = 0.5,
-        matching_negatives: Literal["random", "hard"] = "random",
+        matching_negatives: Literal["random", "hard", "caption"] = "random",
         matching_text: Literal["clean", "corrupted"] = "clean",
         mlm_on_negatives: bool = False,
         retrieval_stream: Literal["mixed", "single"] | Sequence[str] = "mixed",
         retrieval_negatives: int | Literal["all"] = 7,
+        single_stream_negatives: int | None = None,
         hard_negatives: bool = False,
         hard_negative_fraction: float = 1.0,
         retrieval_directions: Sequence[str] = ("t2v", "v2t"),
@@ -193,7 +202,7 @@ class PerceiverVLModule(pl.LightningModule):
             )
         for name, value, allowed in (
             ("matching_text", matching_text, ("clean", "corrupted")),
-            ("matching_negatives", matching_negatives, ("random", "hard")),
+            ("matching_negatives", matching_negatives, ("random", "hard", "caption")),
             ("optimizer", optimizer, ("adamw", "adam")),
             ("locked_text_features", locked_text_features, LOCKED_TEXT_KINDS),
             ("training_attention", training_attention, ("auto", "math", "default")),
@@ -240,14 +249,24 @@ class PerceiverVLModule(pl.LightningModule):
                     f"('{trainable}') at 'all' and model.unfreeze_at_step ({unfreeze_at_step}) "
                     "unset, or drop two_stage"
                 )
+        if single_stream_negatives is not None and (
+            isinstance(single_stream_negatives, bool)
+            or not isinstance(single_stream_negatives, int)
+            or single_stream_negatives < 1
+        ):
+            raise ValueError(
+                f"model.single_stream_negatives={single_stream_negatives!r} must be a number of "
+                "negatives per query (>= 1)"
+            )
         if retrieval_negatives == "all":
-            if streams != ["mixed"]:
+            # only the mixed stream can score every pair; a single stream needs its own k
+            if "single" in streams and single_stream_negatives is None:
                 raise ValueError(
                     "model.retrieval_negatives='all' scores every pair of the batch with the "
                     "factorised mixed-stream scorer; set model.retrieval_stream: mixed, or give "
-                    "a number of negatives for the single stream"
+                    "the single stream its own number (model.single_stream_negatives)"
                 )
-            if hard_negatives:
+            if hard_negatives and "single" not in streams:
                 raise ValueError(
                     "model.retrieval_negatives='all' already uses every item of the batch as a "
                     "negative; set model.hard_negatives: false"
@@ -537,10 +556,18 @@ class PerceiverVLModule(pl.LightningModule):
     def _matching_scores(
         self, batch: dict[str, Any], visual_latents: Tensor | None, text_latents: Tensor | None
     ) -> Tensor | None:
-        """With ``matching_negatives: hard``, the multi-stream similarity of the batch as logits
-        (text x visual), from this step's latents when another objective encoded them."""
-        if self.hparams.matching_negatives != "hard":
+        """The logits hard matching negatives are drawn by (text x visual), or None (random):
+        ``hard``, the multi-stream similarity (from this step's latents when another objective
+        encoded them); ``caption``, the captions' word overlap over a temperature of 0.1."""
+        kind = self.hparams.matching_negatives
+        if kind == "random":
             return None
+        if kind == "caption":
+            if "text" not in batch:
+                raise ValueError(
+                    "matching_negatives: caption needs the batch's caption strings ('text')"
+                )
+            return caption_similarity(batch["text"]) / 0.1
         model = self.model
         with torch.no_grad():
             if visual_latents is None or text_latents is None:
@@ -581,7 +608,10 @@ class PerceiverVLModule(pl.LightningModule):
         generator: torch.Generator,
     ) -> tuple[Tensor, Tensor]:
         model = self.model
-        if self.hparams.retrieval_negatives == "all":
+        num_negatives = self.hparams.retrieval_negatives
+        if stream == "single" and self.hparams.single_stream_negatives:
+            num_negatives = self.hparams.single_stream_negatives
+        if num_negatives == "all":
             return in_batch_mixed_loss(
                 model, visual_latents, text_latents, keys, self.hparams.retrieval_directions
             )
@@ -598,7 +628,7 @@ class PerceiverVLModule(pl.LightningModule):
             )
             cand = retrieval_candidates(
                 size,
-                self.hparams.retrieval_negatives,
+                num_negatives,
                 generator,
                 scores=direction_scores,
                 keys=keys,

@@ -29,6 +29,21 @@ def text_keys(texts: Sequence[str], device: torch.device | str = "cpu") -> Tenso
     return torch.tensor(keys, dtype=torch.long, device=device)
 
 
+def caption_similarity(texts: Sequence[str]) -> Tensor:
+    """(B, B) Jaccard similarity of the captions' lower-cased word sets (1 on the diagonal).
+
+    A model-free measure of how alike two captions read; used to draw matching negatives whose
+    captions resemble the positive's (``matching_negatives: caption``)."""
+    words = [set(t.lower().split()) for t in texts]
+    size = len(words)
+    sim = torch.ones(size, size)
+    for i in range(size):
+        for j in range(i + 1, size):
+            union = len(words[i] | words[j])
+            sim[i, j] = sim[j, i] = len(words[i] & words[j]) / union if union else 1.0
+    return sim
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather rows of every rank (different row counts allowed); the backward sums the
     gradient of the gathered tensor over ranks and returns this rank's slice."""
@@ -270,6 +285,7 @@ __all__ = [
     "contrastive_loss",
     "gather_no_grad",
     "gather_with_grad",
+    "caption_similarity",
     "in_batch_mixed_loss",
     "matching_pairs",
     "retrieval_candidates",

@@ -44,7 +44,10 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
         "matching logits over each caption's video and negatives, single: 3 negatives; mixed: "
         "the batch's other videos; t2v): 30 steps" in report
     )
-    assert "- beyond the paper (ours): the multi-stream contrastive loss in fine-tuning; hard" in report
+    assert (
+        "- beyond the paper (ours): the multi-stream contrastive loss in fine-tuning; hard"
+        in report
+    )
     for stream in ("single", "mixed"):
         assert f"train/retrieval_{stream}_loss" in training["finetune"]["final"]
     assert metrics["eval_split"] == "test" and "held-out test captions" in report

@@ -43,7 +43,8 @@ def colour_batch(generator: torch.Generator, size: int = 64) -> dict:
     }
 
 
-def tiny_module(residual: str, **module_args) -> PerceiverVLModule:
+def tiny_module(residual: str, seed: int = 0, **module_args) -> PerceiverVLModule:
+    torch.manual_seed(seed)  # the initialisation, independent of what ran before
     model = dict(
         hidden_size=32,
         num_heads=2,
@@ -65,7 +66,6 @@ def tiny_module(residual: str, **module_args) -> PerceiverVLModule:
 
 def train_matching(module: PerceiverVLModule, steps: int) -> float:
     """Train with the module's own losses; return matching accuracy on held-out balanced pairs."""
-    torch.manual_seed(0)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.01)
     data = torch.Generator().manual_seed(1)
     module.train()
@@ -81,7 +81,9 @@ def train_matching(module: PerceiverVLModule, steps: int) -> float:
     colour = held_out["colour"]
     other = (colour + torch.randint(1, 8, colour.shape, generator=data)) % 8
     text_ids = torch.cat([held_out["text_ids"], held_out["text_ids"]])
-    images = torch.cat([held_out["images"], (COLOURS[other] * 2 - 1)[:, :, None, None].expand(-1, 3, 32, 32)])
+    images = torch.cat(
+        [held_out["images"], (COLOURS[other] * 2 - 1)[:, :, None, None].expand(-1, 3, 32, 32)]
+    )
     labels = torch.cat([torch.ones(256), torch.zeros(256)])
     with torch.no_grad():
         logits = module.model(images=images, text_ids=text_ids).matching_logits
@@ -106,7 +108,9 @@ def test_matching_is_scored_on_clean_text_by_default():
     batch = colour_batch(torch.Generator().manual_seed(0), size=8)
     seen: list[torch.Tensor] = []
     for matching_text, expected in (("clean", 2), ("corrupted", 1)):
-        module = tiny_module("normalized", objectives=["matching", "mlm"], matching_text=matching_text)
+        module = tiny_module(
+            "normalized", objectives=["matching", "mlm"], matching_text=matching_text
+        )
         original = module.model.forward
 
         def spy(*args, _original=original, **kwargs):

@@ -227,7 +227,10 @@ def test_caption_similarity_and_caption_negatives():
     picks = []
     for seed in range(20):
         index, labels = matching_pairs(
-            4, torch.Generator().manual_seed(seed), keys=text_keys(texts), scores=scores,
+            4,
+            torch.Generator().manual_seed(seed),
+            keys=text_keys(texts),
+            scores=scores,
             negative_fraction=1.0,
         )
         picks.append(int(index[0]))
@@ -240,7 +243,9 @@ def test_caption_similarity_and_caption_negatives():
 def test_retrieval_stream_is_checked():
     for bad in ("both", ["single", "single"], [], ["mixed", "multi"]):
         with pytest.raises(ValueError, match="retrieval_stream"):
-            PerceiverVLModule(model=dict(TINY_MODEL), objectives=["retrieval"], retrieval_stream=bad)
+            PerceiverVLModule(
+                model=dict(TINY_MODEL), objectives=["retrieval"], retrieval_stream=bad
+            )
     with pytest.raises(ValueError, match="single_stream_negatives"):
         PerceiverVLModule(
             model=dict(TINY_MODEL),

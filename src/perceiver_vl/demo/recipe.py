@@ -120,9 +120,7 @@ class DemoSettings:
 
     def __post_init__(self) -> None:
         if self.eval_split not in ("test", "val"):
-            raise ValueError(
-                f"DemoSettings.eval_split={self.eval_split!r} must be 'test' or 'val'"
-            )
+            raise ValueError(f"DemoSettings.eval_split={self.eval_split!r} must be 'test' or 'val'")
 
     @classmethod
     def full(cls) -> DemoSettings:

@@ -221,7 +221,9 @@ class PerceiverVLModule(pl.LightningModule):
         ):
             if value not in allowed:
                 raise ValueError(f"model.{name}={value!r} must be one of {list(allowed)}")
-        streams = [retrieval_stream] if isinstance(retrieval_stream, str) else list(retrieval_stream)
+        streams = (
+            [retrieval_stream] if isinstance(retrieval_stream, str) else list(retrieval_stream)
+        )
         if not streams or set(streams) - {"mixed", "single"} or len(set(streams)) != len(streams):
             raise ValueError(
                 f"model.retrieval_stream={retrieval_stream!r} must be 'mixed', 'single' or a list "
@@ -455,9 +457,7 @@ class PerceiverVLModule(pl.LightningModule):
                     )
                     for stream in self.retrieval_streams
                 }
-                losses["retrieval"] = sum(loss for loss, _ in per_stream.values()) / len(
-                    per_stream
-                )
+                losses["retrieval"] = sum(loss for loss, _ in per_stream.values()) / len(per_stream)
                 stats["retrieval_acc"] = sum(acc for _, acc in per_stream.values()) / len(
                     per_stream
                 )

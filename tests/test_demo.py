@@ -132,6 +132,31 @@ def test_same_seed_gives_the_same_metrics(tmp_path):
     )
 
 
+def test_eval_split_val_reads_the_validation_split_not_the_test_split(tmp_path):
+    """``--eval-split val``: the held-out metrics come from the validation clips (for choosing a
+    recipe); the test split is not evaluated."""
+    from perceiver_vl.demo.pipeline import run_demo
+    from perceiver_vl.demo.recipe import DemoSettings
+
+    settings = DemoSettings.quick()
+    settings.num_train, settings.num_val, settings.num_test = 48, 6, 10
+    settings.batch_size, settings.pretrain_steps, settings.finetune_steps = 16, 2, 2
+    settings.curve_sizes, settings.efficiency_frames = (4,), (8,)
+    settings.eval_split = "val"
+    metrics = run_demo(
+        tmp_path / "run",
+        settings=settings,
+        progress=False,
+        build_index=False,
+        log=lambda _: None,
+    )
+    assert metrics["eval_split"] == "val" and metrics["num_test_pairs"] == 6
+    assert "6 held-out val captions" in (tmp_path / "run" / "report.md").read_text()
+    settings.eval_split = "train"
+    with pytest.raises(ValueError, match="eval_split"):
+        run_demo(tmp_path / "bad", settings=settings, progress=False, log=lambda _: None)
+
+
 def test_demo_index_is_rebuilt_for_a_new_model(tmp_path, synthetic_root):
     """A second demo run in the same folder trains a different model; its index must not be
     refused as belonging to the first run's model."""

@@ -222,7 +222,7 @@ def test_caption_similarity_and_caption_negatives():
     )
     batch = _batch(n=4)
     batch["text"] = texts
-    scores = module._matching_scores(batch, None, None)
+    scores = module._matching_scores(batch, None, None, None, 0)
     assert torch.allclose(scores, sim / 0.1)
     picks = []
     for seed in range(20):
@@ -238,6 +238,41 @@ def test_caption_similarity_and_caption_negatives():
     assert picks.count(1) > picks.count(2)
     losses, _ = module.compute_losses(batch, 0, torch.Generator().manual_seed(0))
     assert torch.isfinite(losses["matching"])
+
+
+def test_hard_negatives_share_one_similarity_per_step():
+    """Hard retrieval and hard matching negatives draw from the same multi-stream similarity,
+    computed once per step from the step's latents (no extra encoding, no LayerDrop draw of its
+    own)."""
+    module = PerceiverVLModule(
+        model=dict(TINY_MODEL),
+        objectives=["contrastive", "retrieval", "matching"],
+        retrieval_stream=["single", "mixed"],
+        retrieval_negatives="all",
+        single_stream_negatives=2,
+        hard_negatives=True,
+        matching_negatives="hard",
+    )
+    model = module.model
+    calls = {"scores": 0, "encode": 0}
+    scores, encode = model.multi_stream_scores, model.encode
+
+    def count_scores(*args, **kwargs):
+        calls["scores"] += 1
+        return scores(*args, **kwargs)
+
+    def count_encode(*args, **kwargs):
+        calls["encode"] += 1
+        assert kwargs.get("layerdrop_step") == 3
+        return encode(*args, **kwargs)
+
+    model.multi_stream_scores = count_scores  # type: ignore[method-assign]
+    model.encode = count_encode  # type: ignore[method-assign]
+    counter = model.layerdrop_counter
+    losses, _ = module.compute_losses(_batch(), 3, torch.Generator().manual_seed(0))
+    assert set(losses) == {"contrastive", "retrieval", "matching"}
+    assert calls == {"scores": 1, "encode": 2}  # the contrastive encodings, reused
+    assert model.layerdrop_counter == counter
 
 
 def test_retrieval_stream_is_checked():

@@ -348,6 +348,7 @@ def run_demo(
     from .report import write_report
 
     settings = settings or (DemoSettings.quick() if quick else DemoSettings.full())
+    settings.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data"

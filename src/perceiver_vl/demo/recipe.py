@@ -119,6 +119,11 @@ class DemoSettings:
     latency_repeats: int = 3
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming a setting the demo cannot run with (also called by
+        ``run_demo``, since fields may be changed after construction)."""
         if self.eval_split not in ("test", "val"):
             raise ValueError(f"DemoSettings.eval_split={self.eval_split!r} must be 'test' or 'val'")
 

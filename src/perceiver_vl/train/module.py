@@ -424,7 +424,7 @@ class PerceiverVLModule(pl.LightningModule):
         keys = text_keys(batch["text"], ids.device) if "text" in batch else None
         blocks = None
 
-        visual_latents = text_latents = None
+        visual_latents = text_latents = similarity = None
         if "contrastive" in objectives or "retrieval" in objectives:
             need_latents = "contrastive" in objectives or "mixed" in self.retrieval_streams
             need_latents = need_latents or self.hparams.hard_negatives
@@ -451,9 +451,20 @@ class PerceiverVLModule(pl.LightningModule):
                     )
                 stats["temperature"] = 1.0 / scale.detach().exp()
             if "retrieval" in objectives:
+                if self.hparams.hard_negatives:
+                    similarity = self._similarity(
+                        batch, visual_latents, text_latents, layerdrop_step
+                    )
                 per_stream = {
                     stream: self._retrieval_loss(
-                        stream, batch, visual_latents, text_latents, keys, layerdrop_step, generator
+                        stream,
+                        batch,
+                        visual_latents,
+                        text_latents,
+                        similarity,
+                        keys,
+                        layerdrop_step,
+                        generator,
                     )
                     for stream in self.retrieval_streams
                 }
@@ -478,7 +489,9 @@ class PerceiverVLModule(pl.LightningModule):
                     generator,
                     keys=keys,
                     negative_fraction=self.hparams.matching_negative_fraction,
-                    scores=self._matching_scores(batch, visual_latents, text_latents),
+                    scores=self._matching_scores(
+                        batch, visual_latents, text_latents, similarity, layerdrop_step
+                    ),
                 )
                 index, matching_labels = index.to(ids.device), labels.to(ids.device)
                 if not joint_pass:
@@ -553,12 +566,39 @@ class PerceiverVLModule(pl.LightningModule):
         stats["_blocks"] = torch.tensor(blocks)
         return losses, stats
 
+    @torch.no_grad()
+    def _similarity(
+        self,
+        batch: dict[str, Any],
+        visual_latents: Tensor | None,
+        text_latents: Tensor | None,
+        layerdrop_step: int | None,
+    ) -> Tensor:
+        """This batch's multi-stream similarity (text x visual, no gradient), from the step's
+        latents when an objective encoded them (else encoded here with the step's LayerDrop
+        decision); hard negatives of every kind are drawn from it."""
+        model = self.model
+        if visual_latents is None:
+            visual_latents = model.encode(**visual_inputs(batch), layerdrop_step=layerdrop_step)
+        if text_latents is None:
+            text_latents = model.encode(
+                text_ids=batch["text_ids"],
+                text_mask=batch.get("text_mask"),
+                layerdrop_step=layerdrop_step,
+            )
+        return model.multi_stream_scores(visual_latents.detach(), text_latents.detach())
+
     def _matching_scores(
-        self, batch: dict[str, Any], visual_latents: Tensor | None, text_latents: Tensor | None
+        self,
+        batch: dict[str, Any],
+        visual_latents: Tensor | None,
+        text_latents: Tensor | None,
+        similarity: Tensor | None,
+        layerdrop_step: int | None,
     ) -> Tensor | None:
         """The logits hard matching negatives are drawn by (text x visual), or None (random):
-        ``hard``, the multi-stream similarity (from this step's latents when another objective
-        encoded them); ``caption``, the captions' word overlap over a temperature of 0.1."""
+        ``hard``, the multi-stream similarity at the contrastive temperature; ``caption``, the
+        captions' word overlap over a temperature of 0.1."""
         kind = self.hparams.matching_negatives
         if kind == "random":
             return None
@@ -568,15 +608,10 @@ class PerceiverVLModule(pl.LightningModule):
                     "matching_negatives: caption needs the batch's caption strings ('text')"
                 )
             return caption_similarity(batch["text"]) / 0.1
-        model = self.model
-        with torch.no_grad():
-            if visual_latents is None or text_latents is None:
-                visual_latents = model.encode(**visual_inputs(batch))
-                text_latents = model.encode(
-                    text_ids=batch["text_ids"], text_mask=batch.get("text_mask")
-                )
-            scale = model.contrastive_head.logit_scale.float().exp().clamp(max=100.0)
-            return scale * model.multi_stream_scores(visual_latents, text_latents)
+        if similarity is None:
+            similarity = self._similarity(batch, visual_latents, text_latents, layerdrop_step)
+        scale = self.model.contrastive_head.logit_scale.detach().float().exp().clamp(max=100.0)
+        return scale * similarity
 
     @staticmethod
     def _matching_stats(
@@ -603,6 +638,7 @@ class PerceiverVLModule(pl.LightningModule):
         batch: dict[str, Any],
         visual_latents: Tensor | None,
         text_latents: Tensor | None,
+        scores: Tensor | None,
         keys: Tensor | None,
         layerdrop_step: int | None,
         generator: torch.Generator,
@@ -617,10 +653,6 @@ class PerceiverVLModule(pl.LightningModule):
             )
         ids, mask = batch["text_ids"], batch.get("text_mask")
         size = ids.shape[0]
-        scores = None
-        if self.hparams.hard_negatives:
-            with torch.no_grad():
-                scores = model.multi_stream_scores(visual_latents, text_latents)  # (text, visual)
         total, correct, count = 0.0, 0.0, 0
         for direction in self.hparams.retrieval_directions:
             direction_scores = (

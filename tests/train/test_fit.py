@@ -161,3 +161,26 @@ def test_cli_accepts_in_batch_retrieval_negatives(make_config, tmp_path):
     with open(files[-1]) as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("train/retrieval_loss")]
     assert len(rows) == 2 and all(float(r["train/retrieval_loss"]) > 0 for r in rows)
+
+
+def test_caption_groups_reach_the_training_loader(make_config, tmp_path):
+    """`data.caption_group_size` in a YAML config builds grouped batches and trains."""
+    from perceiver_vl.data import SharedWordBatchSampler
+    from perceiver_vl.train.datamodule import PerceiverVLDataModule
+
+    config = make_config(max_steps=2)
+    config["data"]["caption_group_size"] = 4
+    config["model"]["objectives"] = ["contrastive", "retrieval"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(path)]) == 0
+
+    data = {k: v for k, v in config["data"].items() if k not in ("val", "test")}
+    module = PerceiverVLDataModule(**data)
+    module.setup("fit")
+    loader = module.train_dataloader()
+    assert isinstance(loader.batch_sampler, SharedWordBatchSampler)
+    batch = next(iter(loader))
+    assert batch["text_ids"].shape[0] == 8
+    with pytest.raises(ValueError, match="caption_group_size=3"):
+        PerceiverVLDataModule(**{**data, "caption_group_size": 3})

@@ -4,6 +4,7 @@ This package knows nothing of the model or of training; it only imports torch, n
 Pillow, tokenizers, tqdm and the standard library.
 """
 
+from perceiver_vl.data.batching import SharedWordBatchSampler
 from perceiver_vl.data.cache import CachedClips
 from perceiver_vl.data.collate import Collator, collate
 from perceiver_vl.data.datasets import (
@@ -37,6 +38,7 @@ from perceiver_vl.data.webdataset import WebDatasetShards, expand_urls
 
 __all__ = [
     "CachedClips",
+    "SharedWordBatchSampler",
     "CC3M",
     "MSRVTTQA",
     "AnswerVocab",

@@ -9,7 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from perceiver_vl.data import Collator, Tokenizer
+from perceiver_vl.data import Collator, SharedWordBatchSampler, Tokenizer
 
 # short names usable as "kind" in a data set spec
 DATASET_KINDS: dict[str, str] = {
@@ -81,6 +81,11 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         train_mode: CombinedLoader mode for several training sets (``max_size_cycle`` or
             ``min_size``).
         seed: data randomness (frames, crops, captions, masking).
+        caption_group_size: > 1 builds each training batch from groups of this many captions
+            that share content words (:class:`~perceiver_vl.data.SharedWordBatchSampler`), so
+            the in-batch negatives of contrastive and retrieval losses include near misses;
+            1 (the default) = shuffled batches. Under data parallelism run Lightning with
+            ``use_distributed_sampler=False``.
         drop_last: drop the last incomplete training batch.
         pin_memory: pin loader memory (GPU runs).
         progress: show progress bars for one-off work (``cache: true`` decoding).
@@ -105,6 +110,7 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         drop_last: bool = True,
         pin_memory: bool = False,
         progress: bool = True,
+        caption_group_size: int = 1,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -132,6 +138,12 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         self.seed = seed
         self.drop_last = drop_last
         self.pin_memory = pin_memory
+        if caption_group_size < 1 or batch_size % caption_group_size:
+            raise ValueError(
+                f"data.caption_group_size={caption_group_size} must be >= 1 and divide "
+                f"data.batch_size={batch_size}"
+            )
+        self.caption_group_size = caption_group_size
         self.datasets: dict[str, list[tuple[str, Dataset]]] = {}
         self._tokenizer: Tokenizer | None = None
 
@@ -281,6 +293,14 @@ class PerceiverVLDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset, stage: str) -> DataLoader:
         train = stage == "train"
         iterable = isinstance(dataset, IterableDataset)
+        if train and self.caption_group_size > 1:
+            return DataLoader(
+                dataset,
+                batch_sampler=self._grouped_batches(dataset),
+                num_workers=self.num_workers,
+                collate_fn=self.collator(stage),
+                pin_memory=self.pin_memory,
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -290,6 +310,18 @@ class PerceiverVLDataModule(pl.LightningDataModule):
             drop_last=train and self.drop_last,
             pin_memory=self.pin_memory,
             persistent_workers=False,
+        )
+
+    def _grouped_batches(self, dataset: Dataset) -> SharedWordBatchSampler:
+        trainer = self.trainer
+        return SharedWordBatchSampler(
+            _item_texts(dataset),
+            self.batch_size,
+            self.caption_group_size,
+            seed=self.seed,
+            drop_last=self.drop_last,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
         )
 
     def train_dataloader(self) -> Any:
@@ -325,3 +357,25 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         if not sets:
             raise ValueError(f"no {split!r} data set configured (set data.{split})")
         return sets[index][1]
+
+
+def _item_texts(dataset: Dataset) -> list[str]:
+    """One caption text per item of a map-style training set (what caption grouping keys on)."""
+    if isinstance(dataset, IterableDataset):
+        raise ValueError(
+            "data.caption_group_size > 1 needs a map-style data set (it orders the items); "
+            f"{type(dataset).__name__} is iterable (e.g. webdataset shards): use 1"
+        )
+    items = getattr(dataset, "items", None)
+    if isinstance(items, list) and all("text" in item for item in items):
+        return [str(item["text"]) for item in items]
+    entries = getattr(dataset, "entries", None)
+    if isinstance(entries, list):
+        pairs = getattr(dataset, "_pairs", None)
+        if pairs is not None:
+            return [entries[e].captions[c] for e, c in pairs]
+        return [" ".join(entry.captions) for entry in entries]
+    raise ValueError(
+        f"data.caption_group_size > 1: {type(dataset).__name__} exposes no captions "
+        "(neither cached items with 'text' nor caption entries); use 1"
+    )

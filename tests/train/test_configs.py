@@ -21,6 +21,15 @@ def test_expected_configs_exist():
         "finetune/didemo_retrieval.yaml",
         "finetune/msrvtt_qa.yaml",
         "finetune/vqav2.yaml",
+        "finetune/msrvtt_retrieval_7k.yaml",
+        "finetune/msrvtt_retrieval_full.yaml",
+        "finetune/lsmdc_retrieval.yaml",
+        "finetune/activitynet_retrieval.yaml",
+        "finetune/flickr30k_retrieval.yaml",
+        "finetune/tgif_frameqa.yaml",
+        "finetune/tgif_action.yaml",
+        "finetune/tgif_transition.yaml",
+        "finetune/nlvr2.yaml",
     } <= names
     assert any(p.name == "smoke.yaml" for p in CONFIGS)
 

@@ -5,6 +5,7 @@ Pillow, tokenizers, tqdm and the standard library.
 """
 
 from perceiver_vl.data.batching import SharedWordBatchSampler
+from perceiver_vl.data.benchmarks import LSMDC, NLVR2, TGIFQA, ActivityNetCaptions
 from perceiver_vl.data.cache import CachedClips
 from perceiver_vl.data.collate import Collator, collate
 from perceiver_vl.data.datasets import (
@@ -33,10 +34,16 @@ from perceiver_vl.data.media import (
     load_video,
     sample_frame_indices,
 )
+from perceiver_vl.data.splits import holdout_ids
 from perceiver_vl.data.tokenizer import Tokenizer, default_vocab_path
 from perceiver_vl.data.webdataset import WebDatasetShards, expand_urls
 
 __all__ = [
+    "LSMDC",
+    "NLVR2",
+    "TGIFQA",
+    "ActivityNetCaptions",
+    "holdout_ids",
     "CachedClips",
     "SharedWordBatchSampler",
     "CC3M",

@@ -56,7 +56,8 @@ class Collator:
         and images are padded with masked frames); ``images`` (B, 3, H, W) when every item is an
         image; ``text_ids``, ``text_mask`` (B, L) when a tokenizer is given and items carry
         ``"text"``; ``mlm_ids``, ``mlm_labels`` (B, L) (-100 = not a target) when
-        ``mlm_probability > 0``; ``texts`` (list of lists) when items carry several captions;
+        ``mlm_probability > 0``; ``choices_ids``, ``choices_mask`` (B, C, L) when items carry
+        ``choices`` (multiple-choice candidate texts); ``texts`` (list of lists) when items carry several captions;
         any other key stacked when it holds same-shape tensors or numbers, else kept as a list.
 
     Args:
@@ -123,7 +124,23 @@ class Collator:
                         tokenizer=self.tokenizer,
                         ensure_one=self.ensure_one,
                     )
-        keys = [k for k in good[0] if k not in _HANDLED and all(k in item for item in good)]
+        if self.tokenizer is not None and all("choices" in item for item in good):
+            counts = {len(item["choices"]) for item in good}
+            if len(counts) != 1:
+                raise ValueError(
+                    f"items have different numbers of choices {sorted(counts)}; multiple-choice "
+                    "batches need the same count for every question"
+                )
+            flat = [text for item in good for text in item["choices"]]
+            ids, mask = self.tokenizer(flat)
+            batch["choices"] = [list(item["choices"]) for item in good]
+            batch["choices_ids"] = ids.view(len(good), counts.pop(), -1)
+            batch["choices_mask"] = mask.view(*batch["choices_ids"].shape)
+        keys = [
+            k
+            for k in good[0]
+            if k not in _HANDLED and k not in batch and all(k in item for item in good)
+        ]
         for key in keys:
             batch[key] = _collate_extra([item[key] for item in good])
         return batch

@@ -465,9 +465,14 @@ class MSRVTTRetrieval(MediaTextDataset):
         root: the MSR-VTT folder.
         split: "train", "val" or "test".
         variant: "9k" (default; test = 1k-A, one caption per video), "7k" (test = 1k-A) or
-            "full" (official 6,513 / 497 / 2,990 split, 20 captions per video). For 9k / 7k,
-            "val" is the 1k-A test set, as is customary.
+            "full" (official 6,513 / 497 / 2,990 split, 20 captions per video). 9k / 7k have no
+            validation split: the customary "val" is the 1k-A test set, which would make model
+            selection read the reported test split, so ``split="val"`` is refused for them;
+            carve a validation split from training (``holdout:`` in a data spec).
         video_root: video folder (default ``root/videos``).
+        pairs: one item per (video, caption) pair. Default: on for a training split read for
+            training (``train=True``), so every epoch sees every caption of every video, not
+            one random caption per video; off otherwise (one item per video).
     """
 
     name = "msrvtt"
@@ -478,12 +483,23 @@ class MSRVTTRetrieval(MediaTextDataset):
         split: str = "train",
         variant: str = "9k",
         video_root: str | os.PathLike | None = None,
+        pairs: bool | None = None,
         **kwargs: Any,
     ) -> None:
         if split not in ("train", "val", "test"):
             raise ValueError(f"split={split!r} must be 'train', 'val' or 'test'")
         if variant not in ("9k", "7k", "full"):
             raise ValueError(f"variant={variant!r} must be '9k', '7k' or 'full'")
+        if split == "val" and variant != "full":
+            raise ValueError(
+                f"split='val' with variant={variant!r}: MSR-VTT {variant} has no validation "
+                "split (the customary one is the 1k-A test set, a reported split); validate on "
+                "videos held out of training (a data spec with split: train and holdout: "
+                "{size: 500}, see docs/reproducing.md) or use variant='full' (official val)"
+            )
+        kwargs["pairs"] = (
+            (split == "train" and bool(kwargs.get("train"))) if pairs is None else pairs
+        )
         root = Path(root)
         ann = root / "annotations"
         kwargs.setdefault("name", f"msrvtt-{variant}-{split}")
@@ -525,8 +541,22 @@ class MSRVTTRetrieval(MediaTextDataset):
         self.entries = self._filter_captionless(entries, str(data_path))
 
 
+def _didemo_time(times: Any) -> tuple[float, float]:
+    """Sort key of a DiDeMo moment: the annotators' mean (start, end) segment; a moment without
+    readable times sorts after the timed ones (then by file position)."""
+    try:
+        pairs = [(float(t[0]), float(t[1])) for t in times]
+    except (TypeError, ValueError, IndexError):
+        return (float("inf"), float("inf"))
+    if not pairs:
+        return (float("inf"), float("inf"))
+    return (sum(p[0] for p in pairs) / len(pairs), sum(p[1] for p in pairs) / len(pairs))
+
+
 class DiDeMo(MediaTextDataset):
-    """DiDeMo paragraph-to-video retrieval: all sentences of a video joined into one caption.
+    """DiDeMo paragraph-to-video retrieval: all sentences of a video joined into one caption,
+    in time order (each moment's ``times`` are the annotators' 5-second segment ranges; moments
+    are ordered by their mean start, then mean end, then file position).
 
     Layout: ``root/annotations/{train,val,test}_data.json`` (lists of ``{"video",
     "description", ...}``, the files released with DiDeMo) and ``root/videos/<video>``; a video
@@ -552,13 +582,16 @@ class DiDeMo(MediaTextDataset):
             "root",
             f"put DiDeMo's {split}_data.json under root/annotations/",
         )
-        sentences: OrderedDict[str, list[str]] = OrderedDict()
-        for row in _load_json(path, "root"):
-            sentences.setdefault(row["video"], []).extend(_clean_captions(row.get("description")))
-        entries = [
-            Entry(video, [" ".join(parts)] if parts else [], Path(video).stem)
-            for video, parts in sentences.items()
-        ]
+        # (time key, file position, sentences) per video: paragraphs read in time order
+        moments: OrderedDict[str, list[tuple[tuple[float, float], int, list[str]]]] = OrderedDict()
+        for position, row in enumerate(_load_json(path, "root")):
+            moments.setdefault(row["video"], []).append(
+                (_didemo_time(row.get("times")), position, _clean_captions(row.get("description")))
+            )
+        entries = []
+        for video, rows in moments.items():
+            parts = [p for _, _, sentences in sorted(rows, key=lambda r: r[:2]) for p in sentences]
+            entries.append(Entry(video, [" ".join(parts)] if parts else [], Path(video).stem))
         self.entries = self._filter_captionless(entries, str(path))
 
 

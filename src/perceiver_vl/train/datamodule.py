@@ -21,6 +21,10 @@ DATASET_KINDS: dict[str, str] = {
     "karpathy": "perceiver_vl.data.KarpathyCaptions",
     "msrvtt_qa": "perceiver_vl.data.MSRVTTQA",
     "vqav2": "perceiver_vl.data.VQAv2",
+    "lsmdc": "perceiver_vl.data.LSMDC",
+    "activitynet": "perceiver_vl.data.ActivityNetCaptions",
+    "tgif_qa": "perceiver_vl.data.TGIFQA",
+    "nlvr2": "perceiver_vl.data.NLVR2",
     "webdataset": "perceiver_vl.data.WebDatasetShards",
     "synthetic": "synthetic",
     "synthetic_images": "synthetic_images",
@@ -35,9 +39,14 @@ def _import(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+HOLDOUT = "holdout"  # data.val: validate on what the training specs' ``holdout:`` keep back
+
+
 def _as_list(specs: Any, argument: str) -> list[dict[str, Any]]:
     if specs is None:
         return []
+    if specs == HOLDOUT and argument == "data.val":
+        return [{"kind": HOLDOUT}]
     if isinstance(specs, dict):
         specs = [specs]
     out = []
@@ -63,12 +72,20 @@ class PerceiverVLDataModule(pl.LightningDataModule):
     ``prepare_data``). QA evaluation sets share the training set's answer vocabulary (or
     ``vocab: answers.json``).
 
+    Validation carved from training (model selection never reads a reported test split): a
+    training spec with ``holdout: {size: 500, seed: 0}`` keeps that many of its media (or that
+    fraction, when < 1) out of training, chosen by a keyed hash of their ids
+    (:func:`~perceiver_vl.data.splits.holdout_ids`: reproducible, independent of file order);
+    ``val: holdout`` validates on them (read in evaluation mode: middle frames, centre crops,
+    one item per media).
+
     Several training data sets (e.g. WebVid videos + CC3M images) are iterated together: every
     training step receives one batch of each (Lightning's CombinedLoader, ``train_mode``), so a
     run mixes image-text and video-text batches.
 
     Args:
-        train, val, test: a spec or a list of specs per stage.
+        train, val, test: a spec or a list of specs per stage; ``val: holdout`` validates on
+            the media the training specs hold out (``holdout:``).
         batch_size: samples per device per step (per training data set).
         eval_batch_size: batch size for val/test (default: ``batch_size``).
         num_workers: loader worker processes.
@@ -94,7 +111,7 @@ class PerceiverVLDataModule(pl.LightningDataModule):
     def __init__(
         self,
         train: list[dict[str, Any]] | dict[str, Any] | None = None,
-        val: list[dict[str, Any]] | dict[str, Any] | None = None,
+        val: list[dict[str, Any]] | dict[str, Any] | str | None = None,
         test: list[dict[str, Any]] | dict[str, Any] | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -146,6 +163,13 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         self.caption_group_size = caption_group_size
         self.datasets: dict[str, list[tuple[str, Dataset]]] = {}
         self._tokenizer: Tokenizer | None = None
+        self._held: dict[int, tuple[set[str], tuple[str, Dataset]]] = {}
+        holdout_val = bool(self.specs["val"]) and self.specs["val"][0].get("kind") == HOLDOUT
+        if holdout_val and not any("holdout" in spec for spec in self.specs["train"]):
+            raise ValueError(
+                "data.val: holdout validates on media held out of training, but no data.train "
+                "spec has holdout: {size: N, seed: S}; add one or give data.val explicitly"
+            )
 
     # ----------------------------------------------------------------- building blocks
     @property
@@ -200,6 +224,55 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         else:
             options.pop("frames", None)
             synthetic.generate_image_benchmark(root, **options)
+
+    def _holdout(self, position: int) -> tuple[set[str], tuple[str, Dataset]]:
+        """(held-out ids, the evaluation-mode data set they were drawn from) of training spec
+        ``position``; the ids always come from the evaluation-mode reading, so fit, validate and
+        ``perceiver-vl evaluate --split val`` hold out the same media."""
+        if position not in self._held:
+            from perceiver_vl.data.splits import holdout_ids, parse_holdout
+
+            spec = dict(self.specs["train"][position])
+            spec.pop("cache", None)
+            spec.pop("pairs", None)  # validation reads one item per media
+            size, seed = parse_holdout(spec.pop("holdout"), f"data.train[{position}].holdout")
+            name, dataset = self._build_dataset(spec, "val")
+            entries = getattr(dataset, "entries", None)
+            if not isinstance(entries, list):
+                raise ValueError(
+                    f"data.train[{position}].holdout: {type(dataset).__name__} has no entry list "
+                    "to carve a validation split from (streamed shards cannot); give data.val"
+                )
+            held = holdout_ids((e.id for e in entries), size, seed)
+            self._held[position] = (held, (f"{name}-holdout", dataset))
+        return self._held[position]
+
+    def _build_split(self, split: str) -> list[tuple[str, Dataset]]:
+        from perceiver_vl.data.splits import restrict_entries
+
+        built = []
+        if split == "val" and self.specs["val"] and self.specs["val"][0].get("kind") == HOLDOUT:
+            for position, spec in enumerate(self.specs["train"]):
+                if "holdout" in spec:
+                    held, (name, dataset) = self._holdout(position)
+                    restrict_entries(dataset, held, True, f"data.train[{position}].holdout")
+                    built.append((name, dataset))
+            return built
+        for position, spec in enumerate(self.specs[split]):
+            if split == "train" and "holdout" in spec:
+                held, _ = self._holdout(position)
+                spec = {k: v for k, v in spec.items() if k != "holdout"}
+                name, dataset = self.build_dataset(spec, split)
+                if isinstance(dataset, IterableDataset) or not hasattr(dataset, "entries"):
+                    raise ValueError(
+                        f"data.train[{position}].holdout needs a data set with entries; "
+                        f"{type(dataset).__name__} has none (drop cache: true or holdout:)"
+                    )
+                restrict_entries(dataset, held, False, f"data.train[{position}].holdout")
+                built.append((name, dataset))
+            else:
+                built.append(self.build_dataset(spec, split))
+        return built
 
     def build_dataset(self, spec: dict[str, Any], stage: str) -> tuple[str, Dataset]:
         """Instantiate one spec for ``stage`` ("train", "val" or "test").
@@ -273,6 +346,7 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         for position, spec in enumerate(self.specs["train"]):
             if spec.get("kind") == kind:
                 built = self.datasets.get("train")
+                spec = {k: v for k, v in spec.items() if k != "holdout"}  # same vocabulary
                 dataset = built[position][1] if built else self.build_dataset(spec, "train")[1]
                 return getattr(dataset, "vocab", None)
         return None
@@ -287,7 +361,7 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         }[stage]
         for split in wanted:
             if split not in self.datasets:
-                self.datasets[split] = [self.build_dataset(s, split) for s in self.specs[split]]
+                self.datasets[split] = self._build_split(split)
 
     # ----------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset, stage: str) -> DataLoader:
@@ -352,7 +426,7 @@ class PerceiverVLDataModule(pl.LightningDataModule):
     def dataset(self, split: str, index: int = 0) -> Dataset:
         """The ``index``-th data set of ``split`` (built on demand)."""
         if split not in self.datasets:
-            self.datasets[split] = [self.build_dataset(s, split) for s in self.specs[split]]
+            self.datasets[split] = self._build_split(split)
         sets = self.datasets[split]
         if not sets:
             raise ValueError(f"no {split!r} data set configured (set data.{split})")

@@ -14,7 +14,13 @@ from typing import Any
 
 from perceiver_vl.model import PerceiverVL
 
-from .evaluation import MODES, evaluate_qa, evaluate_retrieval, load_retrieval_inputs
+from .evaluation import (
+    MODES,
+    evaluate_multiple_choice,
+    evaluate_qa,
+    evaluate_retrieval,
+    load_retrieval_inputs,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cross-attention blocks to run (default: the model config's)",
     )
     parser.add_argument("--precision", default="32", choices=("32", "bf16"))
-    parser.add_argument("--task", default="auto", choices=("auto", "retrieval", "qa"))
+    parser.add_argument("--task", default="auto", choices=("auto", "retrieval", "qa", "mc"))
     parser.add_argument(
         "--output", default=None, help="JSON path (default: <model>/eval_<split>.json)"
     )
@@ -73,11 +79,19 @@ def run(args: argparse.Namespace) -> int:
     dm = _data_module(args.data)
     dataset = dm.dataset(args.split)
     task = args.task
+    results: dict[str, Any]
     if task == "auto":
-        task = "qa" if model.qa_head is not None else "retrieval"
-    if task == "qa":
+        if getattr(dataset, "num_choices", 0):
+            task = "mc"
+        else:
+            task = "qa" if model.qa_head is not None else "retrieval"
+    if task == "mc":
         loader = dm._loader(dataset, args.split)
-        results: dict[str, Any] = {"qa": evaluate_qa(model, loader, precision=args.precision)}
+        results = {"mc": evaluate_multiple_choice(model, loader, precision=args.precision)}
+        print(json.dumps(results, indent=2))
+    elif task == "qa":
+        loader = dm._loader(dataset, args.split)
+        results = {"qa": evaluate_qa(model, loader, precision=args.precision)}
         print(json.dumps(results, indent=2))
     else:
         data = load_retrieval_inputs(dataset, dm.tokenizer, batch_size=args.batch_size)

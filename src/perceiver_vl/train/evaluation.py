@@ -399,8 +399,57 @@ def evaluate_qa(
     return out
 
 
+@torch.no_grad()
+def evaluate_multiple_choice(
+    model: PerceiverVL,
+    loader: Any,
+    *,
+    precision: str = "32",
+    cross_attention_layers: Any = None,
+) -> dict[str, float]:
+    """Multiple-choice accuracy (TGIF-QA action / transition) over a loader of collated batches
+    with ``choices_ids`` (B, C, L): every candidate is encoded jointly with the video and scored
+    by the matching head; the highest-scoring candidate is the answer."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = total = 0
+    start = time.perf_counter()
+    try:
+        with _autocast(device, precision):
+            for batch in loader:
+                if batch is None:
+                    continue
+                ids, mask = batch["choices_ids"], batch["choices_mask"]
+                size, num_choices = ids.shape[:2]
+                owner = torch.arange(size).repeat_interleave(num_choices)
+                from .module import visual_inputs
+
+                vis = {
+                    k: None if v is None else v.to(device)
+                    for k, v in visual_inputs(batch, owner).items()
+                }
+                logits = model(
+                    **vis,
+                    text_ids=ids.flatten(0, 1).to(device),
+                    text_mask=mask.flatten(0, 1).to(device),
+                    cross_attention_layers=cross_attention_layers,
+                ).matching_logits
+                pred = logits.float().view(size, num_choices).argmax(1).cpu()
+                correct += int((pred == batch["answer_index"]).sum())
+                total += size
+    finally:
+        model.train(was_training)
+    return {
+        "num_questions": float(total),
+        "mc_acc": 100.0 * correct / max(1, total),
+        "seconds": time.perf_counter() - start,
+    }
+
+
 __all__ = [
     "MODES",
+    "evaluate_multiple_choice",
     "RetrievalInputs",
     "encode_all",
     "evaluate_qa",

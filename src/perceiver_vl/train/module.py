@@ -4,13 +4,17 @@ LayerDrop steps shared by every rank, and validation metrics."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -29,7 +33,7 @@ from .objectives import (
     text_keys,
 )
 
-OBJECTIVES = ("matching", "mlm", "contrastive", "retrieval", "qa")
+OBJECTIVES = ("matching", "mlm", "contrastive", "retrieval", "qa", "multiple_choice")
 Trainable = Literal[
     "all", "cross_attention", "cross_attention_and_heads", "decoder_and_heads", "heads"
 ]
@@ -63,13 +67,20 @@ class PerceiverVLModule(pl.LightningModule):
         model: :class:`~perceiver_vl.PerceiverVLConfig` fields (ignored when ``pretrained``).
         pretrained: a folder written by ``save_pretrained`` / ``perceiver-vl export`` to start
             from; ``model`` entries still override ``dropout``, ``layerdrop``, ``num_answers``
-            and ``qa_loss`` (a new QA head is created when the answer count differs).
-        vit_weights: a ViT checkpoint to initialise from (see ``load_vit_weights``).
+            and ``qa_loss`` (a new QA head is created when the answer count differs) and
+            ``max_frames`` (the temporal embedding is resampled linearly to the new length).
+        vit_weights: a ViT checkpoint to initialise from (see ``load_vit_weights``; the
+            paper's pretraining starts from ViT-B/32 at 384). A missing file, or a file from
+            which nothing loads, is an error; what loaded and what stayed random is logged and
+            written to ``<default_root_dir>/checkpoints/vit_init_report.json``.
         objectives: any of ``matching`` (vision-text matching, BCE, half of the pairs get another
             sample's visual input), ``mlm`` (masked LM through decoder queries; with matching in
             the same decoder call), ``contrastive`` (multi-stream symmetric InfoNCE, features
             gathered across ranks), ``retrieval`` (cross-entropy over 1 positive + k negatives,
-            ``retrieval_stream``), ``qa`` (VQA soft-score BCE or MSRVTT-QA cross-entropy).
+            ``retrieval_stream``), ``qa`` (VQA soft-score BCE or MSRVTT-QA cross-entropy),
+            ``multiple_choice`` (TGIF-QA action / transition: each of a question's candidate
+            texts is encoded jointly with the video, single stream, and scored by the matching
+            head; cross-entropy over the candidates).
         loss_weights: per objective multiplier (default 1).
         matching_negative_fraction: share of matching pairs with another sample's visual input.
         matching_negatives: ``random`` (the paper: the other sample is drawn uniformly) or
@@ -108,16 +119,25 @@ class PerceiverVLModule(pl.LightningModule):
             multi-stream similarity share what that similarity already sees, so the mixed
             stream never learns it; mixing in random ones keeps both.
         retrieval_directions: ``t2v``, ``v2t`` or both (queries are texts / videos).
-        optimizer: ``adamw`` or ``adam``; lr, weight_decay, betas, eps as usual (defaults:
-            the released code's AdamW 1e-4, betas (0.9, 0.98); weight decay 0.01 except
-            biases, norms, embeddings, latents, queries and the temperature).
+        optimizer: ``adamw`` or ``adam``; lr, weight_decay, betas, eps as usual. The defaults
+            (AdamW, lr 1e-4, weight decay 0.01, 10 % warm-up then linear decay) are ours, for
+            small runs. The paper and the released code use Adam (PyTorch's, weight decay as an
+            L2 term) with betas (0.9, 0.98), eps 1e-8, weight decay 0.001 on every parameter
+            and a constant learning rate (1e-5 pretraining and video tasks, 1e-4 image tasks);
+            the configs under configs/ set those (docs/reproducing.md).
+        weight_decay_exempt: biases, norms, embeddings, latents, queries and the temperature
+            get no weight decay (ours, the usual practice); False decays every parameter, as
+            the released code does.
         head_lr_multiplier: learning-rate multiplier for a freshly created QA head.
         warmup: linear warm-up, a fraction of the schedule (< 1) or a step count (>= 1).
         schedule: after warm-up, ``linear`` decay to ``end_lr_ratio * lr``, ``cosine`` or
             ``constant``.
         max_schedule_steps: schedule length (default: the trainer's estimated optimiser steps).
         effective_batch_size: accumulate gradients to reach this many samples per optimiser
-            step (over all devices); overrides ``trainer.accumulate_grad_batches``.
+            step, counted over every training set of a step and every rank (WebVid + CC3M at
+            per-device batch b on w ranks see 2 b w samples per micro-step); overrides
+            ``trainer.accumulate_grad_batches``. The accumulation is rounded up, and the
+            samples per step it gives are logged.
         trainable: what trains at first: ``all``, ``cross_attention`` (the cross-attention
             blocks alone, the paper's first stage), ``cross_attention_and_heads``,
             ``decoder_and_heads`` (the query decoder and the heads on fixed latents) or ``heads``.
@@ -176,6 +196,7 @@ class PerceiverVLModule(pl.LightningModule):
         weight_decay: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.98),
         eps: float = 1e-8,
+        weight_decay_exempt: bool = True,
         head_lr_multiplier: float = 1.0,
         warmup: float = 0.1,
         schedule: Literal["linear", "cosine", "constant"] = "linear",
@@ -308,6 +329,7 @@ class PerceiverVLModule(pl.LightningModule):
         self.unfreeze_step: int | None = (
             int(two_stage) if two_stage is not None and two_stage >= 1 else unfreeze_at_step
         )
+        self.vit_report: dict[str, Any] | None = None
         self.model = self._build_model(model, pretrained, vit_weights)
         if "qa" in objectives and self.model.qa_head is None:
             raise ValueError(
@@ -339,6 +361,18 @@ class PerceiverVLModule(pl.LightningModule):
                 for module in model.modules():
                     if isinstance(module, torch.nn.Dropout) and "dropout" in overrides:
                         module.p = overrides["dropout"]
+            frames = fields.get("max_frames")
+            if frames is not None and frames != model.config.max_frames:
+                # more (or fewer) frames than pretraining, e.g. 16 for ActivityNet after 8: the
+                # temporal table is resampled linearly over the frame index (ours; the paper
+                # does not say how it extended it)
+                state = model.state_dict()
+                key = "visual_embed.temporal_embed"
+                state[key] = F.interpolate(
+                    state[key].transpose(1, 2), size=frames, mode="linear", align_corners=True
+                ).transpose(1, 2)
+                model = PerceiverVL(model.config.replace(max_frames=frames))
+                model.load_state_dict(state)
             answers = fields.get("num_answers")
             if answers is not None and answers != model.config.num_answers:
                 fresh = PerceiverVL(model.config.replace(num_answers=answers))
@@ -352,9 +386,7 @@ class PerceiverVLModule(pl.LightningModule):
         config = PerceiverVLConfig.from_dict(fields)
         model = PerceiverVL(config)
         if vit_weights:
-            from perceiver_vl.model.weights import load_vit_weights
-
-            load_vit_weights(model, vit_weights)
+            self.vit_report = _load_vit_strict(model, vit_weights)
         return model
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -377,10 +409,25 @@ class PerceiverVLModule(pl.LightningModule):
                     f"data.num_frames={dm.num_frames} exceeds model.model.max_frames="
                     f"{self.model.config.max_frames}"
                 )
+        if stage == "fit" and self.vit_report is not None and self.trainer.is_global_zero:
+            folder = Path(self.trainer.default_root_dir) / "checkpoints"
+            folder.mkdir(parents=True, exist_ok=True)
+            report_path = folder / "vit_init_report.json"
+            report_path.write_text(json.dumps(self.vit_report, indent=1) + "\n")
         if stage == "fit" and self.hparams.effective_batch_size and dm is not None:
-            per_step = dm.batch_size * max(1, self.trainer.world_size)
-            accumulate = max(1, math.ceil(self.hparams.effective_batch_size / per_step))
+            num_sets = max(1, len(getattr(dm, "specs", {}).get("train") or [None]))
+            accumulate, samples = accumulation_steps(
+                self.hparams.effective_batch_size,
+                dm.batch_size,
+                num_sets,
+                max(1, self.trainer.world_size),
+            )
             self.trainer.accumulate_grad_batches = accumulate
+            rank_zero_info(
+                f"effective batch: {samples} samples per optimiser step = {dm.batch_size} per "
+                f"device x {num_sets} training set(s) x {max(1, self.trainer.world_size)} rank(s)"
+                f" x {accumulate} accumulated (requested {self.hparams.effective_batch_size})"
+            )
 
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -561,6 +608,26 @@ class PerceiverVLModule(pl.LightningModule):
                 stats["vqa_score"] = torch.tensor(vqa_score(out.answer_logits.detach(), targets))
             else:
                 stats["qa_acc"] = torch.tensor(qa_accuracy(out.answer_logits.detach(), targets))
+        if "multiple_choice" in objectives:
+            if "choices_ids" not in batch or "answer_index" not in batch:
+                raise ValueError(
+                    "the 'multiple_choice' objective needs batches with choices and answer_index "
+                    "(TGIF-QA action / transition: kind: tgif_qa, task: action)"
+                )
+            choice_ids, choice_mask = batch["choices_ids"], batch["choices_mask"]  # (B, C, L)
+            num_choices = choice_ids.shape[1]
+            owner = torch.arange(size, device=ids.device).repeat_interleave(num_choices)
+            out = model(
+                **visual_inputs(batch, owner),
+                text_ids=choice_ids.flatten(0, 1),
+                text_mask=choice_mask.flatten(0, 1),
+                layerdrop_step=layerdrop_step,
+            )
+            logits = out.matching_logits.float().view(size, num_choices)
+            target = batch["answer_index"]
+            losses["multiple_choice"] = F.cross_entropy(logits, target)
+            stats["mc_acc"] = (logits.detach().argmax(1) == target).float().mean()
+            blocks = out.cross_attention_blocks
         if blocks is None:
             blocks = model.select_cross_attention_blocks(None, layerdrop_step)
         stats["_blocks"] = torch.tensor(blocks)
@@ -738,6 +805,12 @@ class PerceiverVLModule(pl.LightningModule):
             self.log(f"{stage}/loss{suffix}", total, batch_size=bs, add_dataloader_idx=False)
         for name, loss in losses.items():
             self.log(f"{stage}/{name}_loss{suffix}", loss, batch_size=bs, add_dataloader_idx=False)
+        for name, value in stats.items():  # matching_acc, mlm_acc, ...: what trains
+            if name in ("qa_acc", "vqa_score"):  # logged over the whole epoch below
+                continue
+            self.log(
+                f"{stage}/{name}{suffix}", value.float(), batch_size=bs, add_dataloader_idx=False
+            )
         store = self._val_store.setdefault(dataloader_idx, {})
         model = self.model
         if "qa" in self.objectives:
@@ -861,7 +934,7 @@ class PerceiverVLModule(pl.LightningModule):
                 continue
             if hp.head_lr_multiplier != 1.0 and name.startswith("model.qa_head"):
                 head.append(param)
-            elif no_weight_decay(name, param):
+            elif hp.get("weight_decay_exempt", True) and no_weight_decay(name, param):
                 no_decay.append(param)
             else:
                 decay.append(param)
@@ -923,6 +996,53 @@ class _LRLambda:
         return self.end_ratio + (1.0 - self.end_ratio) * factor
 
 
+def _load_vit_strict(model: PerceiverVL, vit_weights: str) -> dict[str, Any]:
+    """Initialise ``model`` from a ViT checkpoint; refuse a missing file or an empty load, warn
+    about a partial one, and return the load report (logged here, saved by ``setup``)."""
+    from perceiver_vl.model.weights import load_vit_weights
+
+    if not Path(vit_weights).is_file():
+        raise FileNotFoundError(
+            f"model.vit_weights={vit_weights!r} does not exist. The paper's pretraining starts "
+            "from a ViT-B/32 (384) checkpoint: download timm's vit_base_patch32_384 weights "
+            "(.safetensors, .pth or the original .npz) and set model.vit_weights to the file, or "
+            "set model.vit_weights: null to start from random weights on purpose"
+        )
+    report = load_vit_weights(model, vit_weights)
+    if not report.loaded:
+        raise ValueError(
+            f"model.vit_weights={vit_weights!r}: no tensor matched the model (source keys: "
+            f"{len(report.ignored)} ignored, e.g. {report.ignored[:3]}); pass a timm-layout ViT "
+            "whose hidden size, patch size and depth match model.model"
+        )
+    rank_zero_info(f"ViT initialisation from {vit_weights}: {report.summary()}")
+    if report.not_loaded:
+        warnings.warn(
+            f"model.vit_weights={vit_weights!r} loaded only partly: {len(report.not_loaded)} "
+            f"tensors stay random ({', '.join(report.not_loaded[:6])}, ...); check the patch "
+            "size and width of the checkpoint against model.model",
+            stacklevel=2,
+        )
+    return {
+        "source": str(vit_weights),
+        "loaded": report.loaded,
+        "not_loaded": report.not_loaded,
+        "ignored": report.ignored,
+    }
+
+
+def accumulation_steps(
+    effective_batch_size: int, batch_size: int, num_train_sets: int, world_size: int
+) -> tuple[int, int]:
+    """(micro-batches to accumulate, samples per optimiser step) for ``effective_batch_size``
+    samples per optimiser step, when every micro-step takes ``batch_size`` samples from each of
+    ``num_train_sets`` training sets on each of ``world_size`` ranks. Rounded up, so a step
+    never has fewer samples than asked."""
+    per_micro_step = batch_size * num_train_sets * world_size
+    accumulate = max(1, math.ceil(effective_batch_size / per_micro_step))
+    return accumulate, accumulate * per_micro_step
+
+
 def lr_lambda(warmup: int, total: int, schedule: str, end_ratio: float) -> _LRLambda:
     """The learning-rate multiplier of optimiser step ``step`` (see :class:`_LRLambda`)."""
     return _LRLambda(warmup, total, schedule, end_ratio)
@@ -933,4 +1053,10 @@ def _bs(batch: dict[str, Any]) -> int:
     return int(ids.shape[0]) if isinstance(ids, Tensor) else 1
 
 
-__all__ = ["OBJECTIVES", "PerceiverVLModule", "lr_lambda", "visual_inputs"]
+__all__ = [
+    "OBJECTIVES",
+    "PerceiverVLModule",
+    "accumulation_steps",
+    "lr_lambda",
+    "visual_inputs",
+]

@@ -104,12 +104,23 @@ def test_cross_attention_blocks_of_the_query_encoder(client):
         ({"q": "a", "offset": -1}, "offset"),
         ({"q": "a", "offset": 30, "k": 20}, "offset + k"),
         ({"q": "a", "blocks": "first"}, "blocks"),
-        ({"q": "a", "blocks": "5"}, "cross_attention_layers"),
+        ({"q": "a", "blocks": "5"}, "blocks=5"),
         ({"q": "a", "shortlist": 0}, "shortlist"),
     ],
 )
 def test_bad_search_requests_are_json_422_naming_the_argument(client, params, words):
     assert words in _error(client.get("/api/search", params=params), 422)
+
+
+def test_mixed_mode_is_refused_on_indexes_too_large_for_it(service, client):
+    limit = service.settings.max_mixed_videos
+    try:
+        service.settings.max_mixed_videos = 4
+        message = _error(client.get("/api/search", params={"q": "a", "mode": "mixed"}), 422)
+        assert "mode=rerank" in message
+        assert client.get("/api/search", params={"q": "a", "mode": "rerank"}).status_code == 200
+    finally:
+        service.settings.max_mixed_videos = limit
 
 
 def test_video_file_full_and_ranged(client, serve_collection):
@@ -186,3 +197,14 @@ def test_page_uses_no_external_assets(client):
     for file in STATIC_DIR.iterdir():
         text = file.read_text()
         assert "http://" not in text and "https://" not in text, file.name
+
+
+def test_an_unexpected_failure_is_a_json_500_without_internals(service, monkeypatch):
+    def broken(requests):
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(service, "search_batch", broken)
+    with TestClient(create_app(service), raise_server_exceptions=False) as client:
+        response = client.get("/api/search", params={"q": "a red square"})
+        assert "secret" not in _error(response, 500)
+        assert client.get("/api/health").status_code == 200  # the service keeps serving

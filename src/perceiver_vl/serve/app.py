@@ -179,6 +179,13 @@ def create_app(service: SearchService) -> FastAPI:
             )
         return _error(err.status_code, message)
 
+    @app.exception_handler(Exception)
+    async def _unexpected_error(request: Request, err: Exception) -> JSONResponse:
+        # Still JSON, and without internals: the traceback goes to the server's log.
+        return _error(
+            500, f"internal error while answering {request.url.path}: {type(err).__name__}"
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
         parts = []

@@ -50,6 +50,9 @@ class ServeSettings:
             search for ``offset + k`` results, so this bounds the work per request.
         max_shortlist: most candidates a client may ask the re-rank to score.
         max_batch: most queued requests answered by one encoder pass (1 = no batching).
+        max_mixed_videos: largest index searched in ``mixed`` mode, which scores every video
+            (one decoder MLP each) and would hold the model thread for seconds on a large index;
+            ``rerank`` serves those.
         refresh_interval_s: how often the manifest is checked for videos added by another
             process (0 = never).
         verify: check every shard's SHA-256 when the index is first opened.
@@ -63,6 +66,7 @@ class ServeSettings:
     max_results: int = 1000
     max_shortlist: int = 2000
     max_batch: int = 16
+    max_mixed_videos: int = 100_000
     refresh_interval_s: float = 2.0
     verify: bool = True
     cache_dir: Path | None = None
@@ -70,7 +74,14 @@ class ServeSettings:
 
     def validate(self) -> ServeSettings:
         """Raise ``ValueError`` naming the first field out of range; return ``self``."""
-        for name in ("max_query_chars", "max_k", "max_results", "max_shortlist", "max_batch"):
+        for name in (
+            "max_query_chars",
+            "max_k",
+            "max_results",
+            "max_shortlist",
+            "max_batch",
+            "max_mixed_videos",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ServeSettings.{name} must be a positive integer, got {value!r}")
@@ -214,9 +225,17 @@ class SearchService:
             raise ValueError(
                 f"shortlist must lie in [1, {s.max_shortlist}]; got {request.shortlist}"
             )
+        if request.mode == "mixed" and len(self._index) > s.max_mixed_videos:
+            raise ValueError(
+                f"mode=mixed scores every video and this index holds {len(self._index)} "
+                f"(more than {s.max_mixed_videos}); use mode=rerank (a shortlist re-ranked by the "
+                "mixed stream) or mode=multi"
+            )
         if request.blocks is not None:
-            # Raises ValueError naming the valid range.
-            self._index.model.select_cross_attention_blocks(list(request.blocks))
+            try:
+                self._index.model.select_cross_attention_blocks(list(request.blocks))
+            except ValueError as err:
+                raise ValueError(f"blocks={','.join(map(str, request.blocks))}: {err}") from None
 
     # ------------------------------------------------------------------ search
     def search(self, request: SearchRequest) -> SearchPage:
@@ -356,6 +375,7 @@ class SearchService:
                 "max_results": self.settings.max_results,
                 "max_shortlist": self.settings.max_shortlist,
                 "max_batch": self.settings.max_batch,
+                "max_mixed_videos": self.settings.max_mixed_videos,
             },
             "generation": self.generation,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),

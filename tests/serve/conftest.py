@@ -65,3 +65,25 @@ def serve_index_dir(serve_collection, serve_model_dir, tmp_path_factory) -> Path
     path = tmp_path_factory.mktemp("serve_index") / "index"
     RetrievalIndex.build(path, serve_model_dir, root / "test.jsonl", progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def benchmark_index_dir(synthetic_root, tmp_path_factory) -> Path:
+    """An index of the built-in synthetic benchmark's test split (``synthetic_root``: 8 clips of
+    32 px), searched by the tiny model trained at test time on those clips and captions."""
+    import json
+
+    annotations = synthetic_root / "test.jsonl"
+    records = [json.loads(line) for line in annotations.read_text().splitlines() if line.strip()]
+    loader = make_loader()
+    clips = [loader(synthetic_root / r["video"], 8, TINY["image_size"]) for r in records]
+    model = train_tiny_model(
+        torch.stack([c[0] for c in clips]),
+        torch.stack([c[1] for c in clips]),
+        [r["caption"] for r in records],
+    )
+    model_dir = tmp_path_factory.mktemp("benchmark_model")
+    model.save_pretrained(model_dir)
+    path = tmp_path_factory.mktemp("benchmark_index") / "index"
+    RetrievalIndex.build(path, model_dir, annotations, progress=False)
+    return path

@@ -1,5 +1,7 @@
 """The search page in a real browser: headless Chromium (the system's, driven by Playwright)
-types a caption, sees its video first, the thumbnail loaded and the clip playing.
+types a caption, sees its video first, the thumbnail loaded and the clip playing. The index holds
+the built-in synthetic benchmark's test clips, searched by a tiny model trained on them at test
+time (the demo's model takes minutes to train; what is tested here is the page, not the model).
 
 Skipped, with the reason, when Playwright or a Chromium binary is missing (``make test`` tries to
 install Debian's ``chromium``; set ``PERCEIVER_VL_CHROMIUM`` to use another binary). The page's
@@ -65,11 +67,11 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(serve_index_dir, tmp_path_factory):
+def server(benchmark_index_dir, tmp_path_factory):
     settings = ServeSettings(
         cache_dir=tmp_path_factory.mktemp("browser_thumbs"), refresh_interval_s=0
     )
-    service = SearchService.open(serve_index_dir, settings=settings)
+    service = SearchService.open(benchmark_index_dir, settings=settings)
     with _InProcessServer(create_app(service)) as server:
         yield server
 
@@ -80,8 +82,15 @@ def _artifact(name: str) -> Path:
     return folder / name
 
 
-def test_search_page_finds_thumbnails_and_plays_the_clip(browser, server, serve_collection):
-    _, records = serve_collection
+def _records(index_dir: Path) -> list[dict]:
+    from perceiver_vl.retrieval import storage
+
+    manifest = storage.read_manifest(index_dir)
+    return [{"video": v["video"], "caption": v["captions"][0]} for v in manifest["videos"]]
+
+
+def test_search_page_finds_thumbnails_and_plays_the_clip(browser, server, benchmark_index_dir):
+    records = _records(benchmark_index_dir)
     record = records[5]
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     console_errors: list[str] = []
@@ -135,8 +144,8 @@ def test_search_page_finds_thumbnails_and_plays_the_clip(browser, server, serve_
     page.close()
 
 
-def test_mode_selector_and_error_message(browser, server, serve_collection):
-    _, records = serve_collection
+def test_mode_selector_from_the_address(browser, server, benchmark_index_dir):
+    records = _records(benchmark_index_dir)
     page = browser.new_page()
     page.goto(server.url + "/#" + "q=" + records[0]["caption"].replace(" ", "+") + "&mode=multi")
     page.wait_for_selector("#results .card")

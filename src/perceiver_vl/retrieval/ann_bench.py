@@ -1,6 +1,7 @@
 """The approximate shortlist on a large synthetic index: recall against exact, time, memory.
 
     python -m perceiver_vl.retrieval.ann_bench [--videos 1000000] [--queries 200] [--threads 1]
+    python -m perceiver_vl.retrieval.ann_bench --compare [--videos 100000]
 
 Builds an index of ``videos`` random latents with a randomly initialised model of the demo's width
 (D=256, 4 heads, embedding size 256) but 8 latents per video instead of 64, so that the stored
@@ -15,6 +16,11 @@ ones):
 - the median milliseconds of each shortlist and of ``search(q, k=10, mode="rerank")`` end to end
   (tokenise + text encoder + shortlist + re-rank of 100) with each backend;
 - the memory of the codes, of the float32 embeddings and the process's peak resident set.
+
+``--compare`` measures the candidates the shortlist was chosen from on the same kind of
+embeddings, without building an index: graph search (faiss HNSW; usearch HNSW when installed),
+inverted lists (faiss IVF), and exhaustive scans of product-quantisation codes of several sizes
+with an exact re-score, each at a few search-effort settings.
 """
 
 from __future__ import annotations
@@ -144,6 +150,137 @@ def run_ann_benchmark(
     }
 
 
+def synthetic_embeddings(
+    num_videos: int, num_queries: int, *, seed: int = 0, chunk: int = 65_536
+) -> tuple[Any, Any]:
+    """(video embeddings (V, E), query embeddings (Q, E)) as float32 numpy arrays, made like
+    :func:`run_ann_benchmark`'s: random latents / random token ids through a random model."""
+    import numpy as np
+
+    torch.manual_seed(seed)
+    config = PerceiverVLConfig(**{**DEMO_CONFIG, "num_latents": 8})
+    model = PerceiverVL(config).eval()
+    with torch.no_grad():
+        parts = []
+        for first in range(0, num_videos, chunk):
+            n = min(chunk, num_videos - first)
+            latents = torch.randn(n, config.num_latents, config.hidden_size)
+            parts.append(model.embed(latents, "visual").numpy())
+        g = torch.Generator().manual_seed(seed + 1)
+        ids = torch.randint(1000, 30000, (num_queries, 12), generator=g)
+        ids[:, 0] = 101
+        queries = model.embed(model.encode(text_ids=ids), "text").numpy()
+    return np.ascontiguousarray(np.concatenate(parts)), np.ascontiguousarray(queries)
+
+
+def compare_candidates(
+    num_videos: int = 100_000, num_queries: int = 200, *, width: int = 100, threads: int = 1
+) -> list[dict[str, Any]]:
+    """Recall@``width`` against exact and median ms per query of each candidate structure."""
+    import faiss
+    import numpy as np
+
+    data, queries = synthetic_embeddings(num_videos, num_queries)
+    exact = np.argpartition(-(queries @ data.T), width, axis=1)[:, :width]
+    dim = data.shape[1]
+    rows: list[dict[str, Any]] = []
+
+    def measure(name: str, setting: str, build_s: float, search) -> None:
+        found, times = [], []
+        for q in queries:
+            begin = time.perf_counter()
+            found.append(search(q[None]))
+            times.append(time.perf_counter() - begin)
+        recall = statistics.fmean(
+            len(set(f.tolist()) & set(e.tolist())) / width for f, e in zip(found, exact)
+        )
+        rows.append(
+            {
+                "structure": name,
+                "setting": setting,
+                "build_s": round(build_s, 1),
+                f"recall_at_{width}": round(recall, 4),
+                "ms_per_query": _median_ms(times),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+
+    def timed(build) -> tuple[Any, float]:
+        faiss.omp_set_num_threads(threads)
+        begin = time.perf_counter()
+        out = build()
+        return out, time.perf_counter() - begin
+
+    def hnsw():
+        index = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 128
+        index.add(data)
+        return index
+
+    index, build_s = timed(hnsw)
+    for ef in (128, 256, 512):
+        index.hnsw.efSearch = ef
+        measure(
+            "faiss HNSW M=16", f"efSearch={ef}", build_s, lambda q: index.search(q, width)[1][0]
+        )
+    try:
+        from usearch.index import Index
+    except ImportError:
+        Index = None
+    if Index is not None:
+
+        def usearch_index():
+            index = Index(ndim=dim, metric="ip", connectivity=16, expansion_add=128)
+            index.add(np.arange(len(data)), data, threads=2)
+            return index
+
+        uindex, build_s = timed(usearch_index)
+        for ef in (128, 256, 512):
+            uindex.expansion_search = ef
+            measure(
+                "usearch HNSW M=16",
+                f"expansion={ef}",
+                build_s,
+                lambda q: uindex.search(q[0], width, threads=1).keys.astype(np.int64),
+            )
+    nlist = int(4 * num_videos**0.5)
+
+    def ivf():
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(data[: min(len(data), 64 * nlist)])
+        index.add(data)
+        return index
+
+    ivf_index, build_s = timed(ivf)
+    for nprobe in (16, 64, 128):
+        ivf_index.nprobe = nprobe
+        measure(
+            f"faiss IVF-Flat nlist={nlist}",
+            f"nprobe={nprobe}",
+            build_s,
+            lambda q: ivf_index.search(q, width)[1][0],
+        )
+    embeddings = torch.from_numpy(data)
+    for subquantizers in (dim // 8, dim // 4, dim // 2):
+
+        def pq(m=subquantizers):
+            index = faiss.IndexPQFastScan(dim, m, 4, faiss.METRIC_INNER_PRODUCT)
+            index.train(data[: ann.TRAIN_SAMPLE])
+            index.add(data)
+            return ann.PQShortlist(index, len(data))
+
+        shortlist, build_s = timed(pq)
+        for factor in (10, 20, 40):
+            shortlist.candidate_factor = factor
+            measure(
+                f"PQ fast scan {subquantizers}x4 bit + exact re-score",
+                f"candidates={factor}x{width}",
+                build_s,
+                lambda q, s=shortlist: s.search(torch.from_numpy(q), width, embeddings)[1].numpy(),
+            )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m perceiver_vl.retrieval.ann_bench", description=__doc__.split("\n\n")[0]
@@ -152,7 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", default=None, help="where the temporary index is written")
+    parser.add_argument(
+        "--compare", action="store_true", help="compare candidate structures (no index is built)"
+    )
     args = parser.parse_args(argv)
+    if args.compare:
+        compare_candidates(args.videos, args.queries, threads=args.threads)
+        return 0
     result = run_ann_benchmark(
         num_videos=args.videos,
         num_queries=args.queries,

@@ -92,3 +92,18 @@ def test_ann_backend_builds_in_memory_when_nothing_is_stored(tmp_path):
     assert "ann" not in forced.manifest
     scores, positions = forced.shortlist(index.embeddings[7:8], 5)
     assert positions[0].item() == 7
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss", "ann"])
+def test_batched_shortlist_equals_one_query_at_a_time(small_threshold, tmp_path, backend):
+    index = RetrievalIndex.create(tmp_path / "index", _model())
+    _add(index, 0, 300, seed=0)
+    opened = RetrievalIndex.open(index.path, index.model, backend=backend, read_only=True)
+    g = torch.Generator().manual_seed(2)
+    queries = torch.nn.functional.normalize(torch.randn(5, 16, generator=g), dim=-1)
+    scores, positions = opened.shortlist_many(queries, 12)
+    assert scores.shape == positions.shape == (5, 12)
+    for i, q in enumerate(queries):
+        one_scores, one_positions = opened.shortlist(q[None], 12)
+        assert positions[i].tolist() == one_positions.tolist()
+        torch.testing.assert_close(scores[i], one_scores, atol=1e-5, rtol=1e-5)

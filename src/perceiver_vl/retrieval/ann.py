@@ -91,17 +91,29 @@ class PQShortlist:
     def search(self, query: Tensor, width: int, embeddings: Tensor) -> tuple[Tensor, Tensor]:
         """Top ``width`` positions for one query embedding (1, E): (scores, positions) best
         first, the scores exact (re-computed from ``embeddings`` (V, E))."""
+        scores, positions = self.search_many(query, width, embeddings)
+        return scores[0], positions[0]
+
+    def search_many(self, queries: Tensor, width: int, embeddings: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`search` for Q query embeddings (Q, E) at once (one scan of the codes; fast
+        scan reads each block of codes once for a block of queries) -> two (Q, width) tensors."""
+        width = min(width, embeddings.shape[0])
         candidates = min(self.count, max(width, self.candidate_factor * width))
         _, ids = self.index.search(
-            np.ascontiguousarray(query.numpy(), dtype=np.float32), candidates
+            np.ascontiguousarray(queries.numpy(), dtype=np.float32), candidates
         )
-        positions = torch.from_numpy(ids[0][ids[0] >= 0]).long()
         # Rows added after the codes were built are scored exactly (normally none).
-        if embeddings.shape[0] > self.count:
-            positions = torch.cat([positions, torch.arange(self.count, embeddings.shape[0])])
-        scores = embeddings[positions] @ query[0]
-        top = scores.topk(min(width, scores.shape[0]))
-        return top.values, positions[top.indices]
+        extra = torch.arange(self.count, embeddings.shape[0])
+        out_scores, out_positions = [], []
+        for row, query in enumerate(queries):
+            positions = torch.from_numpy(ids[row][ids[row] >= 0]).long()
+            if len(extra):
+                positions = torch.cat([positions, extra])
+            scores = embeddings[positions] @ query
+            top = scores.topk(width)
+            out_scores.append(top.values)
+            out_positions.append(positions[top.indices])
+        return torch.stack(out_scores), torch.stack(out_positions)
 
     def memory_bytes(self) -> int:
         """Bytes of codes held (``count x E / 2``) plus the look-up codebooks."""

@@ -875,26 +875,62 @@ class RetrievalIndex:
         mode: SearchMode = "rerank",
         *,
         shortlist: int = DEFAULT_SHORTLIST,
+        candidates: tuple[Tensor, Tensor] | None = None,
     ) -> list[list[SearchHit]]:
         """:meth:`search` for queries already encoded by :meth:`encode_texts`: text latents
         (Q, N, D) -> one list of hits per query. Lets a caller encode many queries in one
         encoder pass (a server batching concurrent requests) and rank each with its own ``k``.
+
+        ``candidates``: (scores, positions), each (Q, W), from :meth:`shortlist_many` for these
+        queries, best first, with W at least the width this call needs (``k`` in ``multi`` mode,
+        ``max(k, shortlist)`` in ``rerank``); computed here, for all queries at once, when None.
         """
         _check_search_arguments(k, mode, shortlist)
         if text_latents.dim() != 3:
             raise ValueError(
                 f"text_latents must be (Q, N, D) from encode_texts, got {tuple(text_latents.shape)}"
             )
+        count = text_latents.shape[0]
         if len(self) == 0:
-            return [[] for _ in range(text_latents.shape[0])]
+            return [[] for _ in range(count)]
+        if mode == "mixed":
+            return [
+                self._search_one(text_latents[i : i + 1], k, mode, shortlist) for i in range(count)
+            ]
+        width = min(len(self), k if mode == "multi" else max(k, shortlist))
+        if candidates is None:
+            with torch.no_grad():
+                embeddings = self.model.embed(text_latents, "text").float()
+            candidates = self.shortlist_many(embeddings, width)
+        scores, positions = candidates
+        if tuple(scores.shape) != tuple(positions.shape) or scores.shape[0] != count:
+            raise ValueError(
+                f"candidates must be two ({count}, W) tensors, got {tuple(scores.shape)} and "
+                f"{tuple(positions.shape)}"
+            )
+        if positions.shape[1] < width:
+            raise ValueError(
+                f"candidates hold {positions.shape[1]} videos per query; this search needs {width}"
+            )
         return [
-            self._search_one(text_latents[i : i + 1], k, mode, shortlist)
-            for i in range(text_latents.shape[0])
+            self._search_one(
+                text_latents[i : i + 1],
+                k,
+                mode,
+                shortlist,
+                candidates=(scores[i, :width], positions[i, :width]),
+            )
+            for i in range(count)
         ]
 
     @torch.no_grad()
     def _search_one(
-        self, text_latents: Tensor, k: int, mode: str, shortlist: int
+        self,
+        text_latents: Tensor,
+        k: int,
+        mode: str,
+        shortlist: int,
+        candidates: tuple[Tensor, Tensor] | None = None,
     ) -> list[SearchHit]:
         total = len(self)
         k = min(k, total)
@@ -909,8 +945,10 @@ class RetrievalIndex:
             ranked = mixed_scores
         else:
             width = k if mode == "multi" else min(total, max(k, shortlist))
-            multi, candidates = self.shortlist(text_embedding, width)
-            positions = candidates.tolist()
+            if candidates is None:
+                candidates = self.shortlist(text_embedding, width)
+            multi, found = candidates
+            positions = found.tolist()
             multi_scores = multi.tolist()
             if mode == "multi":
                 mixed_scores = [None] * k
@@ -935,6 +973,30 @@ class RetrievalIndex:
             for rank, pos in enumerate(positions[:k])
         ]
 
+    def shortlist_many(self, text_embeddings: Tensor, width: int) -> tuple[Tensor, Tensor]:
+        """Top ``width`` videos by multi-stream score for each of Q query embeddings (Q, E) ->
+        (scores (Q, width), positions (Q, width)), best first. One pass over the stored
+        embeddings (or codes) serves all Q queries, which is what makes batching pay."""
+        width = min(width, len(self))
+        text_embeddings = text_embeddings.float()
+        backend = self.shortlist_backend()
+        if backend == "ann":
+            return self._ann_shortlist().search_many(text_embeddings, width, self._embeddings)
+        if backend == "faiss":
+            scores, ids = self._faiss_flat().search(
+                np.ascontiguousarray(text_embeddings.numpy(), dtype=np.float32), width
+            )
+            return torch.from_numpy(scores), torch.from_numpy(ids).long()
+        return (text_embeddings @ self._embeddings.T).topk(width, dim=1)
+
+    def _faiss_flat(self):
+        if self._faiss_index is None:
+            import faiss
+
+            self._faiss_index = faiss.IndexFlatIP(self._embeddings.shape[1])
+            self._faiss_index.add(np.ascontiguousarray(self._embeddings.numpy()))
+        return self._faiss_index
+
     def shortlist(self, text_embedding: Tensor, width: int) -> tuple[Tensor, Tensor]:
         """Top ``width`` videos by multi-stream score for one query embedding (1, E) ->
         (scores (width,), positions (width,)), best first."""
@@ -942,12 +1004,7 @@ class RetrievalIndex:
         if self.shortlist_backend() == "ann":
             return self._ann_shortlist().search(text_embedding.float(), width, self._embeddings)
         if self._use_faiss():
-            if self._faiss_index is None:
-                import faiss
-
-                self._faiss_index = faiss.IndexFlatIP(self._embeddings.shape[1])
-                self._faiss_index.add(np.ascontiguousarray(self._embeddings.numpy()))
-            scores, ids = self._faiss_index.search(
+            scores, ids = self._faiss_flat().search(
                 np.ascontiguousarray(text_embedding.numpy(), dtype=np.float32), width
             )
             return torch.from_numpy(scores[0]), torch.from_numpy(ids[0]).long()

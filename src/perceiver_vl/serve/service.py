@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from perceiver_vl.model import PerceiverVL
 from perceiver_vl.retrieval import CorruptIndexError, RetrievalIndex
 from perceiver_vl.retrieval.index import DEFAULT_SHORTLIST, SEARCH_MODES
@@ -130,6 +132,14 @@ class SearchPage:
     generation: int
     search_ms: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _shortlist_width(request: SearchRequest, total: int) -> int:
+    """Candidates ``request`` needs from the multi-stream shortlist (0 for ``mixed``)."""
+    depth = request.offset + request.k
+    if request.mode == "mixed":
+        return 0
+    return min(total, depth if request.mode == "multi" else max(depth, request.shortlist))
 
 
 class SearchService:
@@ -268,16 +278,31 @@ class SearchService:
                 [requests[i].query for i in members],
                 cross_attention_layers=list(blocks) if blocks is not None else None,
             )
-            encode_ms = (time.perf_counter() - start) * 1000 / len(members)
+            # One shortlist pass for every query of the group that needs one, as wide as the
+            # widest of them (a prefix of a best-first list is the narrower list).
+            widths = {i: _shortlist_width(requests[i], len(index)) for i in members}
+            shortlisted = [row for row, i in enumerate(members) if widths[i]]
+            candidates = None
+            if shortlisted and len(index):
+                with torch.no_grad():
+                    embeddings = index.model.embed(latents[shortlisted], "text")
+                found = index.shortlist_many(embeddings, max(widths.values()))
+                candidates = {row: (found[0][j], found[1][j]) for j, row in enumerate(shortlisted)}
+            shared_ms = (time.perf_counter() - start) * 1000 / len(members)
             for row, i in enumerate(members):
                 request = requests[i]
                 begin = time.perf_counter()
                 depth = request.offset + request.k
+                given = None
+                if candidates is not None and row in candidates:
+                    scores, positions = candidates[row]
+                    given = (scores[None, : widths[i]], positions[None, : widths[i]])
                 hits = index.search_encoded(
                     latents[row : row + 1],
                     depth,
                     request.mode,  # type: ignore[arg-type]
                     shortlist=max(request.shortlist, depth),
+                    candidates=given,
                 )[0]
                 page = hits[request.offset : depth]
                 out[i] = SearchPage(
@@ -287,7 +312,7 @@ class SearchService:
                     has_more=depth < min(len(index), self.settings.max_results),
                     batch_size=len(members),
                     generation=generation,
-                    search_ms=encode_ms + (time.perf_counter() - begin) * 1000,
+                    search_ms=shared_ms + (time.perf_counter() - begin) * 1000,
                 )
         return out  # type: ignore[return-value]
 

@@ -84,6 +84,7 @@ async def _run_clients(
     import httpx
 
     latencies: list[float] = []
+    slowest: list[tuple[float, float]] = []  # (latency ms, start s after the first request)
     errors: list[str] = []
     counter = iter(range(total))
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -102,12 +103,20 @@ async def _run_clients(
                 errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
                 continue
             latencies.append(elapsed)
+            slowest.append((elapsed, start - begin))
 
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
-        await client.get("/api/search", params={"q": queries[0], "k": k, "mode": mode})  # warm
-        start = time.perf_counter()
+        # Warm-up, not timed: one round of `clients` concurrent requests opens every connection
+        # and runs the model once at each batch size the run will see first.
+        await asyncio.gather(
+            *(
+                client.get("/api/search", params={"q": queries[i % len(queries)], "k": k})
+                for i in range(clients)
+            )
+        )
+        begin = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
-        wall = time.perf_counter() - start
+        wall = time.perf_counter() - begin
     latencies.sort()
     return {
         "clients": clients,
@@ -115,6 +124,10 @@ async def _run_clients(
         "ok": len(latencies),
         "errors": len(errors),
         "first_errors": errors[:5],
+        "slowest": [
+            {"ms": round(ms, 1), "started_at_s": round(at, 2)}
+            for ms, at in sorted(slowest, reverse=True)[:5]
+        ],
         "wall_s": round(wall, 2),
         "queries_per_s": round(len(latencies) / wall, 1) if wall > 0 else None,
         "latency_ms": {

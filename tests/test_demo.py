@@ -60,6 +60,7 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
     assert metrics["search_example"]["hits"][0]["rank"] == 1
     printed = capsys.readouterr().out
     assert "mixed-stream text->video R@1" in printed and "perceiver-vl search" in printed
+    assert printed.rstrip().splitlines()[-1].strip() == f"perceiver-vl serve --index {out}/index"
 
 
 def test_attribute_agreement_counts_shared_attributes_of_the_top_video():

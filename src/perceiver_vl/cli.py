@@ -29,6 +29,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("perceiver_vl.bench.cli", "FLOPs, latency, memory and scaling against a baseline"),
     "index": ("perceiver_vl.retrieval.cli", "encode a video collection into a search index"),
     "search": ("perceiver_vl.retrieval.cli", "search an index by text"),
+    "serve": ("perceiver_vl.serve.cli", "serve an index over HTTP: a JSON API and a search page"),
+    "serve-bench": (
+        "perceiver_vl.serve.cli",
+        "load-test the search service with concurrent clients (p50 / p99 latency)",
+    ),
     "analyze": ("perceiver_vl.analysis.cli", "the paper's analyses (latent size, input size, ...)"),
 }
 LIGHTNING_SUBCOMMANDS = {

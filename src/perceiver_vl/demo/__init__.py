@@ -71,4 +71,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"  python -c \"from perceiver_vl import PerceiverVL; m = PerceiverVL.from_pretrained('{metrics['model_dir']}')\""
     )
+    if metrics.get("search_example"):
+        print("search it in a browser (http://127.0.0.1:8000/):")
+        print(f"  perceiver-vl serve --index {args.out}/index")
     return 0

@@ -28,13 +28,19 @@ from torch import Tensor
 
 from perceiver_vl.model import PerceiverVL
 
-from . import media, storage
+from . import ann, media, storage
 from .rerank import attention_summary, mixed_scores_from_summaries
 from .storage import CorruptIndexError, ModelMismatchError
 
 SearchMode = Literal["multi", "mixed", "rerank"]
 SEARCH_MODES: tuple[str, ...] = ("multi", "mixed", "rerank")
 DEFAULT_SHORTLIST = 100
+#: Shortlist search: ``exact`` (torch mat-vec), ``faiss`` (faiss flat, exact), ``ann`` (product-
+#: quantised codes + exact re-score, see :mod:`perceiver_vl.retrieval.ann`), ``auto`` (``ann`` from
+#: :data:`~perceiver_vl.retrieval.ann.ANN_MIN_VIDEOS` videos when faiss is installed, else exact).
+BACKENDS: tuple[str, ...] = ("auto", "exact", "faiss", "ann")
+ANN_PREFIX = "ann-"
+ANN_SUFFIX = ".faiss"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,14 +200,17 @@ class RetrievalIndex:
         video_loader: media.VideoLoader | None = None,
         verify: bool = True,
         backend: str = "auto",
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
+        #: True when opened for search only: :meth:`add` and :meth:`add_latents` refuse to write.
+        self.read_only = read_only
         self.manifest = manifest
         self.model = model.eval()
         self._tokenizer = tokenizer
         self._video_loader = video_loader
-        if backend not in ("auto", "exact", "faiss"):
-            raise ValueError(f"backend must be 'auto', 'exact' or 'faiss', got {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.backend = backend
         #: The report of the latest :meth:`add` on this object (None before any).
         self.last_report: AddReport | None = None
@@ -334,6 +343,7 @@ class RetrievalIndex:
         video_loader: media.VideoLoader | None = None,
         verify: bool = True,
         backend: str = "auto",
+        read_only: bool = False,
     ) -> RetrievalIndex:
         """Open an index for search (and :meth:`add`).
 
@@ -342,8 +352,12 @@ class RetrievalIndex:
             model: the model it was built with (object or directory); default: the directory
                 recorded at build time.
             verify: check every shard's SHA-256 against the manifest (reads every byte once).
-            backend: shortlist search: ``"faiss"`` (needs faiss), ``"exact"`` (torch) or
-                ``"auto"`` (faiss when importable).
+            backend: shortlist search, one of :data:`BACKENDS`: ``"exact"`` (torch),
+                ``"faiss"`` (faiss flat), ``"ann"`` (approximate, needs faiss) or ``"auto"``
+                (``"ann"`` for large indexes when faiss is importable, else exact).
+            read_only: open for search only (what a server does): nothing is ever written, and
+                :meth:`add` / :meth:`add_latents` raise. Another process may still add videos;
+                :meth:`refreshed` picks them up.
 
         Raises:
             FileNotFoundError: the index, its manifest, a shard or the recorded model is missing.
@@ -384,7 +398,55 @@ class RetrievalIndex:
             video_loader=video_loader,
             verify=verify,
             backend=backend,
+            read_only=read_only,
         )
+
+    def manifest_stamp(self) -> tuple[int, int] | None:
+        """(mtime_ns, size) of the manifest on disk now; None when it cannot be read.
+
+        Writers replace the manifest atomically and last, so a changed stamp means a complete new
+        state of the index is ready to be opened (see :meth:`refreshed`).
+        """
+        try:
+            stat = (self.path / storage.MANIFEST_NAME).stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def refreshed(self, *, verify: bool = False) -> RetrievalIndex:
+        """A new index object over the manifest on disk now, sharing this one's model and
+        tokenizer (nothing is copied); this object is left untouched, so searches running on it
+        finish on the state they started with.
+
+        ``verify`` checks the shards' SHA-256 (default off: sizes are still checked).
+        """
+        manifest = storage.read_manifest(self.path)
+        recorded = manifest["model"]
+        if recorded.get("weights_sha256") != self.manifest["model"].get("weights_sha256") or (
+            recorded.get("config") != self.manifest["model"].get("config")
+        ):
+            raise ModelMismatchError(
+                f"index {str(self.path)!r} was rebuilt with another model "
+                f"({_describe_mismatch(recorded, self.manifest['model'])}); restart the server "
+                "with the new model"
+            )
+        return type(self)(
+            self.path,
+            manifest,
+            self.model,
+            tokenizer=self._tokenizer,
+            video_loader=self._video_loader,
+            verify=verify,
+            backend=self.backend,
+            read_only=self.read_only,
+        )
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise RuntimeError(
+                f"index {str(self.path)!r} was opened read-only (read_only=True); open it with "
+                "RetrievalIndex.open(path) to add videos"
+            )
 
     # ------------------------------------------------------------------ loading
     def _load(self, verify: bool) -> None:
@@ -441,6 +503,7 @@ class RetrievalIndex:
         else:
             self._embeddings = torch.zeros(0, cfg.contrastive_dim)
         self._faiss_index = None
+        self._ann: ann.PQShortlist | None = None
 
     def _gather(self, field_name: str, positions: Sequence[int] | range) -> np.ndarray:
         """Rows ``positions`` of ``latents`` or ``embeddings`` (a copy, in the order given)."""
@@ -507,14 +570,23 @@ class RetrievalIndex:
         return self._video_loader
 
     @torch.no_grad()
-    def encode_texts(self, texts: str | Sequence[str]) -> Tensor:
-        """Text latents (Q, N, D) float32 for queries (one encoder pass)."""
+    def encode_texts(
+        self, texts: str | Sequence[str], *, cross_attention_layers: Sequence[int] | None = None
+    ) -> Tensor:
+        """Text latents (Q, N, D) float32 for queries (one encoder pass).
+
+        ``cross_attention_layers``: the cross-attention blocks the text encoder runs (indices into
+        the schedule; default the model's inference choice). The videos keep the blocks they were
+        indexed with.
+        """
         items = _check_texts(texts)
         ids, mask = self.tokenizer(items)
         limit = self.model.config.max_text_length
         if ids.shape[1] > limit:
             ids, mask = ids[:, :limit], mask[:, :limit]
-        return self.model.encode(text_ids=ids, text_mask=mask).float()
+        return self.model.encode(
+            text_ids=ids, text_mask=mask, cross_attention_layers=cross_attention_layers
+        ).float()
 
     @torch.no_grad()
     def _encode_videos(self, videos: list[Tensor], masks: list[Tensor]) -> dict[str, np.ndarray]:
@@ -553,6 +625,7 @@ class RetrievalIndex:
         listed in the report. Every ``shard_size`` videos a shard is written and the manifest
         replaced (atomically); a killed run leaves the last committed index valid.
         """
+        self._check_writable()
         if batch_size <= 0 or shard_size <= 0:
             raise ValueError(
                 f"batch_size={batch_size} and shard_size={shard_size} must be positive"
@@ -588,7 +661,9 @@ class RetrievalIndex:
             self._encode_and_commit(todo, source, known, report, batch_size, shard_size, progress)
             if not todo and report.unchanged:
                 self._commit(None)  # refreshed stamps of touched files
-        self._load(verify=False)
+            self._load(verify=False)
+            if report.added or report.updated:
+                self._maintain_ann(replaced=bool(report.updated))
         self.last_report = report
         return report
 
@@ -669,6 +744,7 @@ class RetrievalIndex:
         an existing name is replaced. Written as one shard, committed atomically. No file stamps
         are recorded, so :meth:`add` on the same files re-encodes them.
         """
+        self._check_writable()
         cfg = self.model.config
         if latents.dim() != 3 or tuple(latents.shape[1:]) != (cfg.num_latents, cfg.hidden_size):
             raise ValueError(
@@ -691,8 +767,11 @@ class RetrievalIndex:
         ]
         with storage.writer_lock(self.path):
             self.manifest = storage.read_manifest(self.path)
+            stored = {entry["video"] for entry in self.manifest["videos"]}
+            replaced = any(str(name) in stored for name in names)
             self._commit(pending)
-        self._load(verify=False)
+            self._load(verify=False)
+            self._maintain_ann(replaced)
 
     def _commit(self, pending: _Pending | None) -> None:
         """Write ``pending`` as a new shard, then replace the manifest; drop unreferenced shards."""
@@ -740,7 +819,13 @@ class RetrievalIndex:
     # ------------------------------------------------------------------ search
     @overload
     def search(
-        self, texts: str, k: int = 10, mode: SearchMode = "rerank", *, shortlist: int = ...
+        self,
+        texts: str,
+        k: int = 10,
+        mode: SearchMode = "rerank",
+        *,
+        shortlist: int = ...,
+        cross_attention_layers: Sequence[int] | None = ...,
     ) -> list[SearchHit]: ...
 
     @overload
@@ -751,6 +836,7 @@ class RetrievalIndex:
         mode: SearchMode = "rerank",
         *,
         shortlist: int = ...,
+        cross_attention_layers: Sequence[int] | None = ...,
     ) -> list[list[SearchHit]]: ...
 
     def search(
@@ -760,6 +846,7 @@ class RetrievalIndex:
         mode: SearchMode = "rerank",
         *,
         shortlist: int = DEFAULT_SHORTLIST,
+        cross_attention_layers: Sequence[int] | None = None,
     ) -> list[SearchHit] | list[list[SearchHit]]:
         """Rank the indexed videos for each text query.
 
@@ -769,26 +856,81 @@ class RetrievalIndex:
             mode: ``"multi"`` (embedding dot product), ``"mixed"`` (mixed-stream logit of every
                 video: exact and slow) or ``"rerank"`` (multi-stream shortlist, mixed re-rank).
             shortlist: candidates re-ranked in ``"rerank"`` mode (at least ``k`` are taken).
+            cross_attention_layers: the cross-attention blocks the query encoder runs
+                (see :meth:`encode_texts`).
         """
         single = isinstance(texts, str)
         items = _check_texts(texts)
-        if mode not in SEARCH_MODES:
-            raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
-        if not isinstance(k, int) or k <= 0:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        if not isinstance(shortlist, int) or shortlist <= 0:
-            raise ValueError(f"shortlist must be a positive integer, got {shortlist!r}")
+        _check_search_arguments(k, mode, shortlist)
         if len(self) == 0:
             return [] if single else [[] for _ in items]
-        text_latents = self.encode_texts(items)
-        results = [
-            self._search_one(text_latents[i : i + 1], k, mode, shortlist) for i in range(len(items))
-        ]
+        text_latents = self.encode_texts(items, cross_attention_layers=cross_attention_layers)
+        results = self.search_encoded(text_latents, k, mode, shortlist=shortlist)
         return results[0] if single else results
+
+    def search_encoded(
+        self,
+        text_latents: Tensor,
+        k: int = 10,
+        mode: SearchMode = "rerank",
+        *,
+        shortlist: int = DEFAULT_SHORTLIST,
+        candidates: tuple[Tensor, Tensor] | None = None,
+    ) -> list[list[SearchHit]]:
+        """:meth:`search` for queries already encoded by :meth:`encode_texts`: text latents
+        (Q, N, D) -> one list of hits per query. Lets a caller encode many queries in one
+        encoder pass (a server batching concurrent requests) and rank each with its own ``k``.
+
+        ``candidates``: (scores, positions), each (Q, W), from :meth:`shortlist_many` for these
+        queries, best first, with W at least the width this call needs (``k`` in ``multi`` mode,
+        ``max(k, shortlist)`` in ``rerank``); computed here, for all queries at once, when None.
+        """
+        _check_search_arguments(k, mode, shortlist)
+        if text_latents.dim() != 3:
+            raise ValueError(
+                f"text_latents must be (Q, N, D) from encode_texts, got {tuple(text_latents.shape)}"
+            )
+        count = text_latents.shape[0]
+        if len(self) == 0:
+            return [[] for _ in range(count)]
+        if mode == "mixed":
+            return [
+                self._search_one(text_latents[i : i + 1], k, mode, shortlist) for i in range(count)
+            ]
+        width = min(len(self), k if mode == "multi" else max(k, shortlist))
+        if candidates is None:
+            with torch.no_grad():
+                embeddings = self.model.embed(text_latents, "text").float()
+            candidates = self.shortlist_many(embeddings, width)
+        scores, positions = candidates
+        if tuple(scores.shape) != tuple(positions.shape) or scores.shape[0] != count:
+            raise ValueError(
+                f"candidates must be two ({count}, W) tensors, got {tuple(scores.shape)} and "
+                f"{tuple(positions.shape)}"
+            )
+        if positions.shape[1] < width:
+            raise ValueError(
+                f"candidates hold {positions.shape[1]} videos per query; this search needs {width}"
+            )
+        return [
+            self._search_one(
+                text_latents[i : i + 1],
+                k,
+                mode,
+                shortlist,
+                candidates=(scores[i, :width], positions[i, :width]),
+            )
+            for i in range(count)
+        ]
 
     @torch.no_grad()
     def _search_one(
-        self, text_latents: Tensor, k: int, mode: str, shortlist: int
+        self,
+        text_latents: Tensor,
+        k: int,
+        mode: str,
+        shortlist: int,
+        candidates: tuple[Tensor, Tensor] | None = None,
     ) -> list[SearchHit]:
         total = len(self)
         k = min(k, total)
@@ -803,8 +945,10 @@ class RetrievalIndex:
             ranked = mixed_scores
         else:
             width = k if mode == "multi" else min(total, max(k, shortlist))
-            multi, candidates = self.shortlist(text_embedding, width)
-            positions = candidates.tolist()
+            if candidates is None:
+                candidates = self.shortlist(text_embedding, width)
+            multi, found = candidates
+            positions = found.tolist()
             multi_scores = multi.tolist()
             if mode == "multi":
                 mixed_scores = [None] * k
@@ -829,22 +973,109 @@ class RetrievalIndex:
             for rank, pos in enumerate(positions[:k])
         ]
 
+    def shortlist_many(self, text_embeddings: Tensor, width: int) -> tuple[Tensor, Tensor]:
+        """Top ``width`` videos by multi-stream score for each of Q query embeddings (Q, E) ->
+        (scores (Q, width), positions (Q, width)), best first. One pass over the stored
+        embeddings (or codes) serves all Q queries, which is what makes batching pay."""
+        width = min(width, len(self))
+        text_embeddings = text_embeddings.float()
+        backend = self.shortlist_backend()
+        if backend == "ann":
+            return self._ann_shortlist().search_many(text_embeddings, width, self._embeddings)
+        if backend == "faiss":
+            scores, ids = self._faiss_flat().search(
+                np.ascontiguousarray(text_embeddings.numpy(), dtype=np.float32), width
+            )
+            return torch.from_numpy(scores), torch.from_numpy(ids).long()
+        return (text_embeddings @ self._embeddings.T).topk(width, dim=1)
+
+    def _faiss_flat(self):
+        if self._faiss_index is None:
+            import faiss
+
+            self._faiss_index = faiss.IndexFlatIP(self._embeddings.shape[1])
+            self._faiss_index.add(np.ascontiguousarray(self._embeddings.numpy()))
+        return self._faiss_index
+
     def shortlist(self, text_embedding: Tensor, width: int) -> tuple[Tensor, Tensor]:
         """Top ``width`` videos by multi-stream score for one query embedding (1, E) ->
         (scores (width,), positions (width,)), best first."""
         width = min(width, len(self))
+        if self.shortlist_backend() == "ann":
+            return self._ann_shortlist().search(text_embedding.float(), width, self._embeddings)
         if self._use_faiss():
-            if self._faiss_index is None:
-                import faiss
-
-                self._faiss_index = faiss.IndexFlatIP(self._embeddings.shape[1])
-                self._faiss_index.add(np.ascontiguousarray(self._embeddings.numpy()))
-            scores, ids = self._faiss_index.search(
+            scores, ids = self._faiss_flat().search(
                 np.ascontiguousarray(text_embedding.numpy(), dtype=np.float32), width
             )
             return torch.from_numpy(scores[0]), torch.from_numpy(ids[0]).long()
         scores = self._embeddings @ text_embedding[0]
         return scores.topk(width)
+
+    def shortlist_backend(self) -> str:
+        """The shortlist search in use now: ``"ann"``, ``"faiss"`` (flat) or ``"exact"``."""
+        if self.backend == "ann":
+            ann._faiss()  # raises ImportError naming the fix
+            return "ann"
+        if self.backend == "auto" and len(self) >= ann.ANN_MIN_VIDEOS and ann.faiss_available():
+            return "ann"
+        return "faiss" if self._use_faiss() else "exact"
+
+    def prepare_shortlist(self) -> str:
+        """Load (or build) what the shortlist search needs now rather than at the first query;
+        returns :meth:`shortlist_backend`."""
+        backend = self.shortlist_backend()
+        if backend == "ann" and len(self):
+            self._ann_shortlist()
+        return backend
+
+    def _ann_shortlist(self) -> ann.PQShortlist:
+        """The approximate shortlist: the codes stored with the index (written by the last
+        writer) extended in memory to any rows added since, or built in memory when absent."""
+        if self._ann is None:
+            shortlist = self._stored_ann()
+            if shortlist is None:
+                shortlist = ann.PQShortlist.build(self._embeddings.numpy())
+            elif shortlist.count < len(self):
+                shortlist.extend(self._embeddings[shortlist.count :].numpy())
+            self._ann = shortlist
+        return self._ann
+
+    def _stored_ann(self) -> ann.PQShortlist | None:
+        """The codes the manifest records, or None (none stored, or replaced meanwhile)."""
+        record = self.manifest.get("ann")
+        if not record or not 0 < record.get("count", 0) <= len(self):
+            return None
+        try:
+            shortlist = ann.PQShortlist.from_bytes((self.path / record["file"]).read_bytes())
+        except (OSError, RuntimeError):  # removed by a newer writer: the caller rebuilds
+            return None
+        return shortlist if shortlist.count == record["count"] else None
+
+    def _maintain_ann(self, replaced: bool) -> None:
+        """Writers keep the stored approximate-shortlist codes in step with the index (called
+        under the writer lock, after a commit). Replaced rows force a rebuild; new rows are
+        encoded and appended. Nothing is stored below ``ANN_MIN_VIDEOS`` or without faiss."""
+        if len(self) < ann.ANN_MIN_VIDEOS or not ann.faiss_available():
+            return
+        shortlist = None if replaced else self._stored_ann()
+        if shortlist is None:
+            shortlist = ann.PQShortlist.build(self._embeddings.numpy())
+        elif shortlist.count < len(self):
+            shortlist.extend(self._embeddings[shortlist.count :].numpy())
+        name = f"{ANN_PREFIX}{secrets.token_hex(4)}{ANN_SUFFIX}"
+        data = shortlist.to_bytes()
+        storage.atomic_write(self.path / name, lambda handle: handle.write(data))
+        self.manifest["ann"] = {
+            "file": name,
+            "count": shortlist.count,
+            "bytes": len(data),
+            "kind": ann.FACTORY_DESCRIPTION,
+        }
+        storage.write_manifest(self.path, self.manifest)
+        for file in self.path.iterdir():
+            if file.name.startswith(ANN_PREFIX) and file.name != name:
+                file.unlink(missing_ok=True)
+        self._ann = shortlist
 
     def _use_faiss(self) -> bool:
         if self.backend == "exact":
@@ -895,6 +1126,15 @@ class RetrievalIndex:
         if not out:
             return torch.zeros(text_latents.shape[0], 0)
         return torch.cat(out, dim=1).float()
+
+
+def _check_search_arguments(k: Any, mode: Any, shortlist: Any) -> None:
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+    if not isinstance(k, int) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not isinstance(shortlist, int) or shortlist <= 0:
+        raise ValueError(f"shortlist must be a positive integer, got {shortlist!r}")
 
 
 def _resolve_model(model: PerceiverVL | str | Path) -> tuple[PerceiverVL, str | None]:

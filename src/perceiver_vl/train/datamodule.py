@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from perceiver_vl.data import Collator, Tokenizer
+
+from .resume import EpochSampler, stable_seed
 
 # short names usable as "kind" in a data set spec
 DATASET_KINDS: dict[str, str] = {
@@ -134,6 +138,9 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.datasets: dict[str, list[tuple[str, Dataset]]] = {}
         self._tokenizer: Tokenizer | None = None
+        # the training loaders' samplers (resumption), and where a restored run starts
+        self._train_samplers: list[EpochSampler] = []
+        self._resume_at: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- building blocks
     @property
@@ -279,30 +286,121 @@ class PerceiverVLDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset, stage: str) -> DataLoader:
+        """A loader whose order, worker seeds and masking depend only on the seed and the epoch
+        (never on the global RNG), so resumed training sees the batches the uninterrupted run
+        saw (see :mod:`perceiver_vl.train.resume`)."""
         train = stage == "train"
         iterable = isinstance(dataset, IterableDataset)
+        collator = self.collator(stage)
+        # the workers' base seed comes from this generator, not from the global RNG
+        generator = torch.Generator().manual_seed(stable_seed("loader", self.seed, stage))
+        sampler = None
+        if not iterable:
+            listeners: list[Any] = [collator.set_epoch]
+            if train and hasattr(dataset, "set_epoch"):
+                listeners.append(dataset.set_epoch)
+            if train:
+                listeners.append(
+                    lambda epoch: generator.manual_seed(stable_seed("loader", self.seed, epoch))
+                )
+            sampler = EpochSampler(
+                len(dataset),  # type: ignore[arg-type]
+                shuffle=train,
+                seed=self.seed,
+                on_epoch=listeners,
+            )
+            if train:
+                self._train_samplers.append(sampler)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and not iterable,
+            sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=self.collator(stage),
+            collate_fn=collator,
             drop_last=train and self.drop_last,
             pin_memory=self.pin_memory,
             persistent_workers=False,
+            generator=generator,
         )
 
     def train_dataloader(self) -> Any:
         sets = self.datasets.get("train") or []
         if not sets:
             raise ValueError("no training data: set data.train (e.g. a 'synthetic' spec)")
+        self._train_samplers = []
         if len(sets) == 1:
-            return self._loader(sets[0][1], "train")
-        from lightning.pytorch.utilities import CombinedLoader
+            loader: Any = self._loader(sets[0][1], "train")
+        else:
+            from lightning.pytorch.utilities import CombinedLoader
 
-        return CombinedLoader(
-            {name: self._loader(ds, "train") for name, ds in sets}, mode=self.train_mode
-        )
+            loader = CombinedLoader(
+                {name: self._loader(ds, "train") for name, ds in sets}, mode=self.train_mode
+            )
+        self._apply_resume()
+        return loader
+
+    # ----------------------------------------------------------------- resumption
+    def _batches_consumed(self) -> int:
+        """Training batches of the current epoch the fit loop has taken (0 without a trainer)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the data (saved in every checkpoint): the epoch, the batches
+        of it consumed, and what the order depends on (checked on resume)."""
+        if not self._train_samplers:
+            return {}
+        return {
+            "epoch": self._train_samplers[0].epoch,
+            "batches": self._batches_consumed(),
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "lengths": [sampler.length for sampler in self._train_samplers],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Remember where a restored run starts; applied when the training loader is built."""
+        self._resume_at = dict(state_dict) if state_dict else None
+
+    def _apply_resume(self) -> None:
+        state, self._resume_at = self._resume_at, None
+        if not state:
+            return
+        if not self._train_samplers:
+            warnings.warn(
+                "resuming with an iterable training data set (e.g. webdataset shards): the run "
+                "continues from the saved step, but its samples start from the beginning of the "
+                "stream, so it will not match the uninterrupted run exactly",
+                stacklevel=2,
+            )
+            return
+        # Lightning cannot see that the position is restored here, and would warn otherwise
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
+        lengths = [sampler.length for sampler in self._train_samplers]
+        saved = (state.get("batch_size"), state.get("seed"), state.get("lengths"))
+        if saved != (self.batch_size, self.seed, lengths):
+            warnings.warn(
+                "resuming with other data settings than the checkpoint's (batch_size, seed, "
+                f"data set lengths: saved {saved}, now {(self.batch_size, self.seed, lengths)}): "
+                "the run continues from the saved step, but not with the batches the "
+                "uninterrupted run would have seen",
+                stacklevel=2,
+            )
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        per_epoch = [self._batches_per_epoch(sampler) for sampler in self._train_samplers]
+        # the epoch's length: the longest loader (max_size_cycle) or the shortest (min_size)
+        epoch_length = max(per_epoch) if self.train_mode == "max_size_cycle" else min(per_epoch)
+        for sampler, count in zip(self._train_samplers, per_epoch):
+            if batches >= epoch_length:  # saved after the epoch's last batch
+                sampler.resume_at(epoch + 1, 0)
+            else:  # a shorter loader cycles within the epoch
+                sampler.resume_at(epoch, (batches % max(1, count)) * self.batch_size)
+
+    def _batches_per_epoch(self, sampler: EpochSampler) -> int:
+        full, rest = divmod(len(sampler), self.batch_size)
+        return full if self.drop_last or not rest else full + 1
 
     def val_dataloader(self) -> Any:
         return [self._loader(ds, "val") for _, ds in self.datasets.get("val") or []]

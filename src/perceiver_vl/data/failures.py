@@ -23,6 +23,7 @@ logger = logging.getLogger("perceiver_vl.data")
 
 REASONS = (
     "missing",
+    "wrong_format",
     "empty_file",
     "undecodable",
     "no_frames",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 CrossAttentionResidual = Literal["normalized", "standard"]
 QALoss = Literal["bce", "ce"]
@@ -117,13 +118,10 @@ class PerceiverVLConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.cross_attention_before_layers = tuple(
-            int(i) for i in self.cross_attention_before_layers
-        )
+        check_field_types(self)
+        self.cross_attention_before_layers = tuple(self.cross_attention_before_layers)
         if self.inference_cross_attention_blocks is not None:
-            self.inference_cross_attention_blocks = tuple(
-                int(i) for i in self.inference_cross_attention_blocks
-            )
+            self.inference_cross_attention_blocks = tuple(self.inference_cross_attention_blocks)
         self.validate()
 
     # -- validation -------------------------------------------------------------------------
@@ -271,6 +269,59 @@ class PerceiverVLConfig:
     def replace(self, **changes: Any) -> PerceiverVLConfig:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
+
+
+def _type_error(cls: type, name: str, value: Any, expected: str) -> ValueError:
+    hint = ""
+    scalar = any(w in expected for w in ("an integer", "a number", "a boolean"))
+    if isinstance(value, str) and scalar:
+        hint = f"; write it without quotes (e.g. {name}: {value.strip()}) in YAML/JSON"
+    return ValueError(
+        f"{cls.__name__}.{name} must be {expected}, got {value!r} ({type(value).__name__}){hint}"
+    )
+
+
+def _matches(value: Any, annotation: Any) -> tuple[bool, str]:
+    """Whether ``value`` is of the declared type (no coercion: a string is never a number, a
+    number never a bool, 0.9 never an int), and the type in words."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is Any:
+        return True, "anything"
+    if origin is Union or origin is types.UnionType:
+        results = [_matches(value, arg) for arg in args]
+        return any(ok for ok, _ in results), " or ".join(words for _, words in results)
+    if annotation is type(None):
+        return value is None, "None"
+    if origin is Literal:
+        return value in args and isinstance(value, str), "one of " + ", ".join(map(repr, args))
+    if annotation is bool:
+        return isinstance(value, bool), "true or false (a boolean, not a string)"
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), "an integer"
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, "a number"
+    if annotation is str:
+        return isinstance(value, str), "a string"
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False, "a list of integers"
+        item = args[0] if args else Any
+        return all(_matches(v, item)[0] for v in value), "a list of integers"
+    if origin is dict:
+        return isinstance(value, dict), "a mapping"
+    return True, str(annotation)
+
+
+def check_field_types(config: Any) -> None:
+    """Raise ``ValueError`` naming the first field of dataclass ``config`` whose value is not of
+    its declared type (``"8"`` for an int, ``"false"`` for a bool, ``"01"`` for a list)."""
+    hints = get_type_hints(type(config))
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        ok, expected = _matches(value, hints[spec.name])
+        if not ok:
+            raise _type_error(type(config), spec.name, value, expected)
 
 
 def check_cross_attention_blocks(blocks: Any, num_blocks: int, argument: str) -> tuple[int, ...]:

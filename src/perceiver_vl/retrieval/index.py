@@ -17,6 +17,7 @@ import hashlib
 import os
 import secrets
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -252,6 +253,14 @@ class RetrievalIndex:
                 video_loader=video_loader,
                 verify=verify,
             )
+            pre = index.manifest["preprocessing"]
+            for name, asked in (("num_frames", num_frames), ("image_size", image_size)):
+                if asked is not None and asked != pre[name]:
+                    raise ValueError(
+                        f"{name}={asked} differs from the existing index {str(path)!r}, built "
+                        f"with {name}={pre[name]}; an index keeps one preprocessing. Leave "
+                        f"{name} out to add to it, or build a new index elsewhere"
+                    )
         else:
             index = cls.create(
                 path,
@@ -440,7 +449,29 @@ class RetrievalIndex:
             self._embeddings = torch.from_numpy(self._gather("embeddings", range(len(videos))))
         else:
             self._embeddings = torch.zeros(0, cfg.contrastive_dim)
+        self._exclude_nonfinite_rows()
         self._faiss_index = None
+
+    def _exclude_nonfinite_rows(self) -> None:
+        """Rows holding NaN or inf (a damaged shard opened with ``verify=False``) never rank:
+        their embeddings are zeroed for the shortlist and search drops them; a warning names
+        them."""
+        everything = range(len(self._rows))
+        bad = ~torch.isfinite(self._embeddings).all(dim=1)
+        if len(self._rows):
+            for name in ("attn_lse", "attn_values"):
+                values = torch.from_numpy(self._gather(name, everything))
+                bad |= ~torch.isfinite(values.float()).flatten(1).all(dim=1)
+        self._excluded: set[int] = set(torch.nonzero(bad).flatten().tolist())
+        if self._excluded:
+            self._embeddings = self._embeddings.clone()
+            self._embeddings[bad] = 0.0
+            names = [self.manifest["videos"][i]["video"] for i in sorted(self._excluded)]
+            warnings.warn(
+                f"index {str(self.path)!r}: {len(names)} videos hold NaN/inf values and are "
+                f"left out of every search: {names[:5]}; re-index them (perceiver-vl index)",
+                stacklevel=3,
+            )
 
     def _gather(self, field_name: str, positions: Sequence[int] | range) -> np.ndarray:
         """Rows ``positions`` of ``latents`` or ``embeddings`` (a copy, in the order given)."""
@@ -512,8 +543,17 @@ class RetrievalIndex:
         items = _check_texts(texts)
         ids, mask = self.tokenizer(items)
         limit = self.model.config.max_text_length
+        cut = set(getattr(self.tokenizer, "last_truncated", []))
         if ids.shape[1] > limit:
+            cut |= set(torch.nonzero(mask[:, limit:].any(dim=1)).flatten().tolist())
             ids, mask = ids[:, :limit], mask[:, :limit]
+        for position in sorted(cut):
+            warnings.warn(
+                f"query {position} ({items[position][:40]!r}...) is longer than the "
+                f"{min(limit, ids.shape[1])} tokens the model reads; only its beginning is "
+                "searched. Shorten the query",
+                stacklevel=2,
+            )
         return self.model.encode(text_ids=ids, text_mask=mask).float()
 
     @torch.no_grad()
@@ -526,6 +566,14 @@ class RetrievalIndex:
     @torch.no_grad()
     def _shard_arrays(self, latents: Tensor) -> dict[str, np.ndarray]:
         latents = latents.float()
+        finite = torch.isfinite(latents).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            rows = torch.nonzero(~finite).flatten().tolist()
+            raise ValueError(
+                f"latents rows {rows[:10]} hold NaN or inf values; an index refuses them (they "
+                "would rank first for every query). Check the inputs or the model that "
+                "encoded them"
+            )
         stored = latents.half()
         # The summary is taken of the stored (rounded) latents so that a re-rank equals the mixed
         # stream over exactly what the index holds.
@@ -790,12 +838,17 @@ class RetrievalIndex:
     def _search_one(
         self, text_latents: Tensor, k: int, mode: str, shortlist: int
     ) -> list[SearchHit]:
-        total = len(self)
+        excluded = self._excluded
+        total = len(self) - len(excluded)
         k = min(k, total)
+        if k <= 0:
+            return []
         text_embedding = self.model.embed(text_latents, "text").float()  # (1, E)
         multi: Tensor | None = None
         if mode == "mixed":
             mixed = self.mixed_scores(text_latents)[0]
+            if excluded:
+                mixed[list(excluded)] = -float("inf")
             scores, order = mixed.topk(k)
             positions = order.tolist()
             mixed_scores: list[float | None] = scores.tolist()
@@ -803,7 +856,9 @@ class RetrievalIndex:
             ranked = mixed_scores
         else:
             width = k if mode == "multi" else min(total, max(k, shortlist))
-            multi, candidates = self.shortlist(text_embedding, width)
+            multi, candidates = self.shortlist(text_embedding, width + len(excluded))
+            keep = [i for i, pos in enumerate(candidates.tolist()) if pos not in excluded][:width]
+            multi, candidates = multi[keep], candidates[keep]
             positions = candidates.tolist()
             multi_scores = multi.tolist()
             if mode == "multi":

@@ -260,7 +260,14 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         kwargs = {**common, **spec}
         if name is not None:
             kwargs.setdefault("name", name)
-        dataset = cls(**kwargs)
+        try:
+            dataset = cls(**kwargs)
+        except KeyError as err:  # an annotation row without a field the format needs
+            raise ValueError(
+                f"data set {kind or class_path!r} ({ {k: v for k, v in spec.items()} }): an "
+                f"annotation entry lacks the field {err}; check the annotation files of this "
+                "spec"
+            ) from err
         return name or getattr(dataset, "name", type(dataset).__name__), dataset
 
     def _train_vocab(self, kind: str) -> Any:
@@ -407,6 +414,58 @@ class PerceiverVLDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> Any:
         return [self._loader(ds, "test") for _, ds in self.datasets.get("test") or []]
+
+    # ----------------------------------------------------------------- skipped samples
+    def skipped_samples(self) -> list[dict[str, Any]]:
+        """Per data set that skipped samples: its name, counts by reason and recent failures."""
+        out, seen = [], set()
+        for split, sets in self.datasets.items():
+            for name, dataset in sets:
+                tracker = getattr(dataset, "tracker", None)
+                if tracker is None or id(tracker) in seen or not tracker.failed:
+                    continue
+                seen.add(id(tracker))
+                out.append(
+                    {
+                        "split": split,
+                        "dataset": name,
+                        "seen": tracker.seen,
+                        "skipped": tracker.failed,
+                        "by_reason": {k: v for k, v in tracker.counts.items() if k != "ok" and v},
+                        "first_paths": [
+                            {"path": p, "kind": k, "reason": r} for p, k, r in tracker.recent
+                        ],
+                        "summary": tracker.summary(),
+                    }
+                )
+        return out
+
+    def report_skipped(self, out_dir: str | Path | None) -> Path | None:
+        """Print the skipped-sample summary (if anything was skipped) to stderr and write it as
+        ``skipped_samples.json`` into ``out_dir``; returns the file written."""
+        import json
+        import sys
+
+        skipped = self.skipped_samples()
+        if not skipped:
+            return None
+        for entry in skipped:
+            print(f"[perceiver-vl] skipped samples: {entry['summary']}", file=sys.stderr)
+        if out_dir is None:
+            return None
+        path = Path(out_dir) / "skipped_samples.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(skipped, indent=2) + "\n", encoding="utf-8")
+        print(f"[perceiver-vl] skipped-sample summary written to {path}", file=sys.stderr)
+        return path
+
+    def teardown(self, stage: str) -> None:
+        """At the end of every fit / validate / test: the skipped-sample summary, printed and
+        written beside the run's outputs (``<default_root_dir>/skipped_samples.json``)."""
+        trainer = self.trainer
+        if trainer is not None and not trainer.is_global_zero:
+            return
+        self.report_skipped(trainer.default_root_dir if trainer is not None else None)
 
     def set_epoch(self, epoch: int) -> None:
         """Forward the epoch to data sets with per-epoch randomness."""

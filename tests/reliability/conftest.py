@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from perceiver_vl import PerceiverVL, PerceiverVLConfig
+from tests.train.conftest import tiny_config
 
 SMALL = dict(
     hidden_size=32,
@@ -40,3 +41,13 @@ def inputs(batch: int = 2, frames: int = 3, length: int = 6, seed: int = 0):
     video = torch.rand(batch, frames, 3, 32, 32, generator=generator) * 2 - 1
     ids = torch.randint(5, 1000, (batch, length), generator=generator)
     return video, ids
+
+
+@pytest.fixture()
+def make_config(synthetic_root: Path, tmp_path: Path):
+    """A tiny fit config on the session's synthetic benchmark (as in tests/train)."""
+
+    def make(**trainer):
+        return tiny_config(synthetic_root, tmp_path / "run", **trainer)
+
+    return make

@@ -175,3 +175,73 @@ def test_step_seeding_state_round_trips_through_a_weights_only_checkpoint(tmp_pa
 def test_stable_seed_is_a_pure_function():
     assert stable_seed("a", 1, 2) == stable_seed("a", 1, 2) != stable_seed("a", 2, 1)
     assert 0 <= stable_seed("x") < 2**63
+
+
+# ----------------------------------------------------------------------------- non-finite losses
+class _Module(torch.nn.Module):
+    """Stands in for the LightningModule: parameters with gradients, and ``log``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3))
+        self.logged: dict[str, float] = {}
+
+    def log(self, name: str, value: float, **_: object) -> None:
+        self.logged[name] = value
+
+
+def _trainer(step: int = 7):
+    from types import SimpleNamespace
+
+    metrics = {
+        "train/mlm_loss": torch.tensor(float("nan")),
+        "train/matching_loss": torch.tensor(0.7),
+    }
+    return SimpleNamespace(global_step=step, callback_metrics=metrics)
+
+
+def test_a_non_finite_loss_stops_training_by_default_naming_the_terms():
+    from perceiver_vl.train.guards import NonFiniteGuard, NonFiniteLossError
+
+    guard, module = NonFiniteGuard(), _Module()
+    guard.on_before_backward(_trainer(), module, torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteLossError, match=r"step 7: loss=nan \(train/mlm_loss=nan\)"):
+        guard.on_before_optimizer_step(_trainer(), module, None)
+
+
+def test_a_non_finite_loss_can_be_skipped_and_counted(capsys):
+    from perceiver_vl.train.guards import NonFiniteGuard, NonFiniteLossError
+
+    guard, module = NonFiniteGuard(on_loss="skip", max_skipped=1), _Module()
+    for expected in (1,):
+        module.weight.grad = torch.full((3,), float("nan"))
+        guard.on_before_backward(_trainer(), module, torch.tensor(float("inf")))
+        guard.on_before_optimizer_step(_trainer(), module, None)
+        assert module.weight.grad is None and guard.skipped == expected
+    assert module.logged["train/nonfinite_skipped"] == 1.0
+    assert "skipped a non-finite step at step 7" in capsys.readouterr().err
+    assert NonFiniteGuard(on_loss="skip").state_dict() == {"skipped": 0}
+    guard.on_before_backward(_trainer(), module, torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteLossError, match="more than nonfinite.max_skipped=1"):
+        guard.on_before_optimizer_step(_trainer(), module, None)
+
+
+def test_a_finite_loss_passes_untouched():
+    from perceiver_vl.train.guards import NonFiniteGuard
+
+    guard, module = NonFiniteGuard(), _Module()
+    module.weight.grad = torch.ones(3)
+    guard.on_before_backward(_trainer(), module, torch.tensor(1.5))
+    guard.on_before_optimizer_step(_trainer(), module, None)
+    assert torch.equal(module.weight.grad, torch.ones(3)) and guard.skipped == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "phrase"),
+    [({"on_loss": "ignore"}, "must be 'stop' or 'skip'"), ({"max_skipped": -1}, "must be >= 0")],
+)
+def test_guard_options_are_checked(kwargs, phrase):
+    from perceiver_vl.train.guards import NonFiniteGuard
+
+    with pytest.raises(ValueError, match=phrase):
+        NonFiniteGuard(**kwargs)

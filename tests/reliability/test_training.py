@@ -245,3 +245,16 @@ def test_guard_options_are_checked(kwargs, phrase):
 
     with pytest.raises(ValueError, match=phrase):
         NonFiniteGuard(**kwargs)
+
+
+def test_epoch_sampler_shards_by_rank_and_lightning_keeps_it():
+    from torch.utils.data import DistributedSampler
+
+    shards = [
+        list(EpochSampler(10, shuffle=True, seed=0, num_replicas=3, rank=r)) for r in range(3)
+    ]
+    assert all(len(shard) == 4 for shard in shards)  # padded by repetition, as DistributedSampler
+    assert set(sum(shards, [])) == set(range(10))
+    assert isinstance(EpochSampler(4, shuffle=True, seed=0), DistributedSampler)
+    with pytest.raises(ValueError, match="rank=3 must lie in"):
+        EpochSampler(4, shuffle=True, seed=0, num_replicas=3, rank=3)

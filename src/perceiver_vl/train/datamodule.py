@@ -310,10 +310,14 @@ class PerceiverVLDataModule(pl.LightningDataModule):
                 listeners.append(
                     lambda epoch: generator.manual_seed(stable_seed("loader", self.seed, epoch))
                 )
+            trainer = self.trainer
+            distributed = trainer is not None and trainer.world_size > 1
             sampler = EpochSampler(
                 len(dataset),  # type: ignore[arg-type]
                 shuffle=train,
                 seed=self.seed,
+                num_replicas=trainer.world_size if distributed else 1,
+                rank=trainer.global_rank if distributed else 0,
                 on_epoch=listeners,
             )
             if train:

@@ -29,7 +29,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 
 def stable_seed(*parts: Any) -> int:
@@ -39,29 +39,43 @@ def stable_seed(*parts: Any) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-class EpochSampler(Sampler[int]):
-    """Sample order drawn from ``(seed, epoch)`` alone, resumable mid-epoch.
+class EpochSampler(DistributedSampler):
+    """Sample order drawn from ``(seed, epoch)`` alone, resumable mid-epoch, sharded by rank.
+
+    A ``DistributedSampler`` so that Lightning keeps it under DDP (instead of wrapping it in a
+    sampler that would never see the epoch) and calls :meth:`set_epoch` on it every epoch.
+    With several ranks each takes every ``num_replicas``-th index of the epoch's order, padded
+    by repetition to equal length (as ``DistributedSampler``).
 
     Args:
         length: number of samples of the data set.
         shuffle: a permutation per epoch (training) or ``0..length-1`` (evaluation).
         seed: seeds the permutations.
+        num_replicas, rank: data-parallel world size and this process's rank.
         on_epoch: called with the epoch whenever it changes (the data set's and the collator's
             ``set_epoch``), so per-epoch randomness follows the sampler everywhere, including in
             loader workers started after the change.
     """
 
+    # DistributedSampler.__init__ is not called: it needs a process group
     def __init__(
         self,
         length: int,
         *,
         shuffle: bool,
         seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
         on_epoch: list[Callable[[int], Any]] | None = None,
     ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank={rank} must lie in [0, num_replicas={num_replicas})")
         self.length = int(length)
         self.shuffle = shuffle
         self.seed = int(seed)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.drop_last = False
         self.epoch = 0
         self.on_epoch = list(on_epoch or [])
         self._skip = 0
@@ -73,23 +87,31 @@ class EpochSampler(Sampler[int]):
             callback(self.epoch)
 
     def resume_at(self, epoch: int, skip: int) -> None:
-        """The next iteration is epoch ``epoch`` with its first ``skip`` samples left out."""
+        """The next iteration is epoch ``epoch`` with this rank's first ``skip`` samples left
+        out."""
         self.set_epoch(epoch)
         self._skip = max(0, int(skip))
 
     def order(self, epoch: int) -> torch.Tensor:
-        """The sample indices of ``epoch`` in the order they are drawn."""
-        if not self.shuffle:
-            return torch.arange(self.length)
-        generator = torch.Generator().manual_seed(stable_seed("sampler", self.seed, epoch))
-        return torch.randperm(self.length, generator=generator)
+        """This rank's sample indices of ``epoch`` in the order they are drawn."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(stable_seed("sampler", self.seed, epoch))
+            order = torch.randperm(self.length, generator=generator)
+        else:
+            order = torch.arange(self.length)
+        if self.num_replicas > 1:
+            total = len(self) * self.num_replicas
+            if total > self.length:  # pad by repetition so every rank has as many samples
+                order = order.repeat(-(-total // max(1, self.length)))[:total]
+            order = order[self.rank :: self.num_replicas]
+        return order
 
     def __iter__(self) -> Iterator[int]:
         skip, self._skip = self._skip, 0
         yield from self.order(self.epoch)[skip:].tolist()
 
     def __len__(self) -> int:
-        return self.length
+        return -(-self.length // self.num_replicas)
 
 
 def _global_rng_states() -> dict[str, Any]:

@@ -37,16 +37,24 @@ def test_non_finite_latents_are_refused_on_add(index, value):
     assert len(index) == 4  # nothing was committed
 
 
-def _damage(index: RetrievalIndex) -> RetrievalIndex:
-    """A shard with a NaN row, committed behind the checks (as a damaged copy would be), then
-    the index reopened without verification."""
+def _commit_damaged(index: RetrievalIndex, fields: tuple[str, ...]) -> None:
+    """A shard whose row holds NaN in ``fields``, committed behind the checks (as a damaged
+    copy would be)."""
     arrays = index._shard_arrays(torch.randn(1, 4, 32))
-    arrays = {name: np.full_like(array, np.nan) for name, array in arrays.items()}
+    arrays = {
+        name: np.full_like(array, np.nan) if name in fields else array
+        for name, array in arrays.items()
+    }
     pending = _Pending()
     for name, array in arrays.items():
         pending.arrays[name].append(array)
     pending.entries = [{"video": "broken.mp4"}]
     index._commit(pending)
+
+
+def _damage(index: RetrievalIndex) -> RetrievalIndex:
+    """A NaN row, then the index reopened without verification."""
+    _commit_damaged(index, ("latents", "embeddings", "attn_lse", "attn_values"))
     with pytest.warns(UserWarning, match=r"1 videos hold NaN/inf values .*broken.mp4"):
         return RetrievalIndex.open(
             index.path, index.model, tokenizer=Tokenizer.default(16), verify=False
@@ -60,6 +68,14 @@ def test_a_nan_row_never_ranks(index, mode):
     hits = damaged.search("a red square moves left", k=5, mode=mode)
     assert [h.video for h in hits if h.video == "broken.mp4"] == []
     assert len(hits) == 4 and all(np.isfinite(h.score) for h in hits)
+
+
+@pytest.mark.parametrize("mode", ["mixed", "rerank"])
+def test_a_row_with_only_nan_attention_values_never_ranks(index, mode):
+    _commit_damaged(index, ("attn_values",))
+    reopened = RetrievalIndex.open(index.path, index.model, tokenizer=Tokenizer.default(16))
+    hits = reopened.search("a red square moves left", k=5, mode=mode)
+    assert "broken.mp4" not in [h.video for h in hits] and len(hits) == 4
 
 
 def test_a_long_query_is_searched_with_a_warning(index):

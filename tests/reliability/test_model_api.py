@@ -153,3 +153,10 @@ def test_a_model_from_a_valid_config_still_runs(small_model):
     video, ids = inputs()
     out = small_model(video=video, text_ids=ids, matching_labels=torch.tensor([1, 0]))
     assert torch.isfinite(out.loss) and isinstance(small_model, PerceiverVL)
+
+
+@pytest.mark.parametrize("blocks", ["01", [0.9], [True], 1])
+def test_cross_attention_layers_are_never_coerced(small_model, blocks):
+    video, _ = inputs()
+    with pytest.raises(ValueError, match="cross_attention_layers must be a list of integer"):
+        small_model.encode(video=video, cross_attention_layers=blocks)

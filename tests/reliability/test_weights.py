@@ -164,3 +164,26 @@ def test_loading_a_good_model_raises_no_warning(saved_model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         PerceiverVL.from_pretrained(saved_model)
+
+
+@pytest.mark.parametrize(
+    ("content", "phrase"),
+    [
+        (b"{not json", "is not valid UTF-8 JSON"),
+        (b"\xff\xfe{}", "is not valid UTF-8 JSON"),
+        (b"[1, 2]", "holds a list, not an object"),
+    ],
+)
+def test_a_damaged_config_json_is_named(saved_model, content, phrase):
+    (saved_model / "config.json").write_bytes(content)
+    with pytest.raises(ValueError, match=phrase):
+        PerceiverVL.from_pretrained(saved_model)
+
+
+def test_truncated_vit_npz_weights_are_named(tmp_path):
+    from perceiver_vl.model.weights import read_vit_state_dict
+
+    path = tmp_path / "vit.npz"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="vit.npz' are not a readable .npz"):
+        read_vit_state_dict(path)

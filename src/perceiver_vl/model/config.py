@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,7 +265,19 @@ class PerceiverVLConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(
+                f"config file {str(path)!r} is not valid UTF-8 JSON ({err}); restore it (the "
+                "weights' own config is in model.safetensors' metadata)"
+            ) from None
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"config file {str(path)!r} holds a {type(data).__name__}, not an object of "
+                "PerceiverVLConfig fields"
+            )
+        return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> PerceiverVLConfig:
         """A copy with some fields changed (validated)."""
@@ -326,12 +339,16 @@ def check_field_types(config: Any) -> None:
 
 def check_cross_attention_blocks(blocks: Any, num_blocks: int, argument: str) -> tuple[int, ...]:
     """Validate a choice of cross-attention blocks (indices into the schedule)."""
-    try:
-        chosen = tuple(int(i) for i in blocks)
-    except TypeError:
+    # no coercion: "01" is not [0, 1], 0.9 is not 0 and True is not 1
+    is_index = isinstance(blocks, (list, tuple, range)) and all(
+        isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in blocks
+    )
+    if not is_index:
         raise ValueError(
-            f"{argument} must be a sequence of cross-attention block indices, got {blocks!r}"
-        ) from None
+            f"{argument} must be a list of integer cross-attention block indices (e.g. [0, 1]), "
+            f"got {blocks!r}"
+        )
+    chosen = tuple(int(i) for i in blocks)
     if not chosen:
         raise ValueError(f"{argument} is empty: at least one cross-attention block must run")
     bad = [i for i in chosen if not 0 <= i < num_blocks]

@@ -539,8 +539,14 @@ def read_vit_state_dict(path: str | Path) -> dict[str, Tensor]:
     if path.suffix == ".npz":
         import numpy as np
 
-        with np.load(path, allow_pickle=False) as arrays:
-            return _npz_to_timm({k: arrays[k] for k in arrays.files})
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return _npz_to_timm({k: arrays[k] for k in arrays.files})
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(
+                f"ViT weights {str(path)!r} are not a readable .npz (truncated or corrupt: "
+                f"{err}); download them again"
+            ) from err
     return read_checkpoint_file(path)
 
 

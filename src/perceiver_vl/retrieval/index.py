@@ -14,6 +14,7 @@ Search modes (scores are (text, video) pairs; higher is better):
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import secrets
 import time
@@ -455,13 +456,11 @@ class RetrievalIndex:
     def _exclude_nonfinite_rows(self) -> None:
         """Rows holding NaN or inf (a damaged shard opened with ``verify=False``) never rank:
         their embeddings are zeroed for the shortlist and search drops them; a warning names
-        them."""
-        everything = range(len(self._rows))
+        them. A non-finite mixed-stream score found during a search is dropped there too."""
         bad = ~torch.isfinite(self._embeddings).all(dim=1)
-        if len(self._rows):
-            for name in ("attn_lse", "attn_values"):
-                values = torch.from_numpy(self._gather(name, everything))
-                bad |= ~torch.isfinite(values.float()).flatten(1).all(dim=1)
+        if len(self._rows):  # the small per-row summary; attn_values are checked per search
+            lse = torch.from_numpy(self._gather("attn_lse", range(len(self._rows))))
+            bad |= ~torch.isfinite(lse.float()).all(dim=1)
         self._excluded: set[int] = set(torch.nonzero(bad).flatten().tolist())
         if self._excluded:
             self._embeddings = self._embeddings.clone()
@@ -846,7 +845,7 @@ class RetrievalIndex:
         text_embedding = self.model.embed(text_latents, "text").float()  # (1, E)
         multi: Tensor | None = None
         if mode == "mixed":
-            mixed = self.mixed_scores(text_latents)[0]
+            mixed = self.mixed_scores(text_latents)[0].nan_to_num(nan=-float("inf"))
             if excluded:
                 mixed[list(excluded)] = -float("inf")
             scores, order = mixed.topk(k)
@@ -866,7 +865,7 @@ class RetrievalIndex:
                 ranked = multi_scores
             else:
                 mixed = self.mixed_scores(text_latents, positions)[0]
-                scores, order = mixed.topk(k)
+                scores, order = mixed.nan_to_num(nan=-float("inf")).topk(k)
                 positions = [positions[i] for i in order.tolist()]
                 multi_scores = [multi_scores[i] for i in order.tolist()]
                 mixed_scores = scores.tolist()
@@ -882,6 +881,8 @@ class RetrievalIndex:
                 position=pos,
             )
             for rank, pos in enumerate(positions[:k])
+            # a damaged row whose summary is NaN: never a result
+            if math.isfinite(float(ranked[rank]))  # type: ignore[arg-type]
         ]
 
     def shortlist(self, text_embedding: Tensor, width: int) -> tuple[Tensor, Tensor]:

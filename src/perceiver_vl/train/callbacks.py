@@ -83,7 +83,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                     )
                 )
             checkpoint = load_torch_file(local, argument="--ckpt_path")
-            if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            # Lightning's own temporary files (ddp_spawn) hold a bare state dict of tensors
+            bare = isinstance(checkpoint, dict) and all(
+                isinstance(v, torch.Tensor) for v in checkpoint.values()
+            )
+            if not isinstance(checkpoint, dict) or ("state_dict" not in checkpoint and not bare):
                 raise ValueError(
                     f"--ckpt_path {str(local)!r} is not a Lightning training checkpoint (no "
                     "'state_dict'); pass a .ckpt written by `perceiver-vl fit`"

@@ -56,7 +56,12 @@ def _data_module(path: str) -> Any:
     section = config.get("data", config)
     if isinstance(section, dict) and "init_args" in section:
         section = section["init_args"]
-    return PerceiverVLDataModule(**section)
+    if not isinstance(section, dict):
+        raise ValueError(f"--data {path!r}: the 'data' section must be a mapping of data options")
+    try:
+        return PerceiverVLDataModule(**section)
+    except TypeError as err:  # an option the data module does not have
+        raise ValueError(f"--data {path!r}: {err}; see `perceiver-vl fit --help`") from err
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -137,7 +137,10 @@ def test_a_missing_annotation_file_is_named(tmp_path):
         read_annotations(tmp_path / "nothing.jsonl")
 
 
-def test_a_run_that_skipped_samples_reports_them_beside_its_outputs(media, tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_that_skipped_samples_reports_them_beside_its_outputs(
+    media, tmp_path, capsys, workers
+):
     for i in range(3):
         shutil.copy(media / "clip.mp4", tmp_path / f"good{i}.mp4")
     rows = [{"video": f"good{i}.mp4", "caption": f"good clip {i}"} for i in range(3)]
@@ -151,7 +154,7 @@ def test_a_run_that_skipped_samples_reports_them_beside_its_outputs(media, tmp_p
             "max_failure_fraction": 1.0,
         },
         batch_size=2,
-        num_workers=0,
+        num_workers=workers,
         num_frames=2,
         image_size=32,
         max_text_length=16,

@@ -437,7 +437,8 @@ class PerceiverVLDataModule(pl.LightningDataModule):
                         "skipped": tracker.failed,
                         "by_reason": {k: v for k, v in tracker.counts.items() if k != "ok" and v},
                         "first_paths": [
-                            {"path": p, "kind": k, "reason": r} for p, k, r in tracker.recent
+                            {"path": p, "kind": k, "reason": r}
+                            for p, k, r in tracker.first_failures
                         ],
                         "summary": tracker.summary(),
                     }

@@ -3,6 +3,8 @@
 Each subcommand lives with the part of the package it belongs to; this file only dispatches.
 A subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int | None``.
 The training subcommands (``fit``, ``validate``, ``test``) hand their arguments to LightningCLI.
+Every command runs inside :func:`perceiver_vl.errors.user_errors`: a user error prints one message
+and exits 1; ``--debug`` (anywhere on the line) or ``PERCEIVER_VL_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from perceiver_vl.errors import debug_requested, user_errors
 
 # name -> (module, one-line help). Modules are imported only when their subcommand runs, so
 # ``perceiver-vl --help`` works without the training or plotting extras.
@@ -57,12 +61,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     parser = _build_parser()
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
-    command, rest = argv[0], argv[1:]
+    with user_errors(argv[0], debug):
+        return _dispatch(parser, argv[0], argv[1:])
+
+
+def _dispatch(parser: argparse.ArgumentParser, command: str, rest: list[str]) -> int:
     if command in LIGHTNING_SUBCOMMANDS:
         from perceiver_vl.train.cli import lightning_main
 

@@ -328,7 +328,10 @@ def test_didemo_paragraphs(tmp_path, clip):
     (root / "annotations" / "test_data.json").write_text(json.dumps(rows))
     _copy(clip, root / "videos" / "a@b_1.mp4")  # converted from .mov
     _copy(clip, root / "videos" / "c_2.mp4")
-    ds = DiDeMo(root, "test", num_frames=2, size=SIZE)
+    # a missing .mov is never silently replaced by the .mp4 beside it; converted media are
+    # named explicitly
+    assert DiDeMo(root, "test", num_frames=2, size=SIZE)[0] is None
+    ds = DiDeMo(root, "test", num_frames=2, size=SIZE, media_extension=".mp4")
     assert len(ds) == 2
     item = ds[0]
     assert item is not None and item["text"] == "a girl walks in. she waves."

@@ -179,7 +179,9 @@ def test_caption_groups_reach_the_training_loader(make_config, tmp_path):
     module = PerceiverVLDataModule(**data)
     module.setup("fit")
     loader = module.train_dataloader()
-    assert isinstance(loader.batch_sampler, SharedWordBatchSampler)
+    texts = [module.dataset("train")[i]["text"] for i in range(len(module.dataset("train")))]
+    expected = SharedWordBatchSampler(texts, 8, 4, seed=module.seed).order(0)
+    assert loader.sampler.order(0).tolist() == expected.tolist()
     batch = next(iter(loader))
     assert batch["text_ids"].shape[0] == 8
     with pytest.raises(ValueError, match="caption_group_size=3"):

@@ -39,8 +39,8 @@ class SharedWordBatchSampler(Sampler[list[int]]):
         drop_last: drop the last incomplete batch.
         max_document_frequency: words in a larger share of the captions are ignored.
         num_replicas, rank: for data-parallel training: every rank computes the same batches
-            and takes every ``num_replicas``-th one, starting at ``rank`` (run Lightning with
-            ``use_distributed_sampler=False`` so it does not wrap this sampler).
+            and takes every ``num_replicas``-th one, starting at ``rank``. (The training data
+            module uses only :meth:`order`, through its resumable epoch sampler.)
     """
 
     def __init__(
@@ -90,10 +90,10 @@ class SharedWordBatchSampler(Sampler[list[int]]):
         )
         return batches // self.num_replicas
 
-    def order(self) -> np.ndarray:
-        """All indices of this epoch, grouped (each run of ``group_size`` is a group) and
-        with the groups shuffled."""
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """All indices of ``epoch`` (default: the current one), grouped (each run of
+        ``group_size`` is a group) and with the groups shuffled."""
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
         n = self._size
         if self.group_size == 1:
             return rng.permutation(n)

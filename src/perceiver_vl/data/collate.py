@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,7 +66,9 @@ class Collator:
         mlm_probability: masked-LM target fraction (0 = no ``mlm_*`` keys).
         whole_word: whole-word masking.
         ensure_one: at least one masked-LM target per caption.
-        seed: seeds masking; each loader worker and each call get their own stream.
+        seed: seeds masking. A batch's masking generator is keyed on ``(seed, epoch, the
+            items' "index" values)`` (items without an index: the batch's token ids), so it is
+            the same in every loader worker, every run and after resuming (see `set_epoch`).
     """
 
     def __init__(
@@ -84,13 +87,24 @@ class Collator:
         self.whole_word = whole_word
         self.ensure_one = ensure_one
         self.seed = seed
-        self._calls = 0
+        self.epoch = 0
 
-    def _generator(self) -> torch.Generator:
-        info = torch.utils.data.get_worker_info()
-        worker = 0 if info is None else info.id + 1
-        self._calls += 1
-        return torch.Generator().manual_seed(hash((self.seed, worker, self._calls)) % (2**63))
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the masks of ``epoch`` (a sample gets new masks every epoch)."""
+        self.epoch = int(epoch)
+
+    def _generator(self, items: Sequence[dict[str, Any]], ids: torch.Tensor) -> torch.Generator:
+        """The batch's masking generator: a function of the seed, the epoch and which samples
+        (or, without ``index`` keys, which token ids) the batch holds; never of how many batches
+        this process collated before, which differs between workers and after a restart."""
+        key = hashlib.blake2b(repr((self.seed, self.epoch)).encode(), digest_size=8)
+        indices = [item.get("index") for item in items]
+        if all(isinstance(i, int) for i in indices):
+            key.update(repr(indices).encode())
+        else:
+            key.update(ids.contiguous().numpy().tobytes())
+        seed = int.from_bytes(key.digest(), "little") & (2**63 - 1)
+        return torch.Generator().manual_seed(seed)
 
     def __call__(self, items: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
         """items: list of data-set dicts (or None for skipped samples) -> batch dict or None."""
@@ -119,7 +133,7 @@ class Collator:
                         mask_id=self.tokenizer.mask_id,
                         special_ids=self.tokenizer.special_ids,
                         probability=self.mlm_probability,
-                        generator=self._generator(),
+                        generator=self._generator(good, ids),
                         whole_word=self.whole_word,
                         tokenizer=self.tokenizer,
                         ensure_one=self.ensure_one,

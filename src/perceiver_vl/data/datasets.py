@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from perceiver_vl.data.failures import FailureTracker, MediaError
-from perceiver_vl.data.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Size, load_media
+from perceiver_vl.data.media import IMAGE_EXTENSIONS, Size, load_media
 
 logger = logging.getLogger("perceiver_vl.data")
 
@@ -57,10 +57,15 @@ def _need_dir(path: Path, argument: str, hint: str) -> Path:
 
 def _load_json(path: Path, argument: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             return json.load(handle)
     except json.JSONDecodeError as err:
         raise ValueError(f"{argument}={str(path)!r} is not valid JSON ({err})") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{argument}={str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
+            "save it as UTF-8"
+        ) from None
 
 
 def _clean_captions(value: Any) -> list[str]:
@@ -85,6 +90,10 @@ class MediaTextDataset(Dataset):
         tracker: a shared `FailureTracker`; by default one is made from ``strict``,
             ``max_failure_fraction`` and ``failure_log``.
         name: shown in logs.
+        media_extension: the media files' extension when they were converted after the
+            annotations were written (e.g. ``".mp4"`` for DiDeMo's ``.mov``/``.avi`` names):
+            every media path gets it. Explicit only: a missing file is never looked up under
+            another extension.
     """
 
     name = "media-text"
@@ -104,7 +113,16 @@ class MediaTextDataset(Dataset):
         failure_log: str | os.PathLike | None = None,
         tracker: FailureTracker | None = None,
         name: str | None = None,
+        media_extension: str | None = None,
     ) -> None:
+        if media_extension is not None and not (
+            isinstance(media_extension, str) and media_extension.startswith(".")
+        ):
+            raise ValueError(
+                f"media_extension={media_extension!r} must be an extension with its dot, "
+                "e.g. '.mp4'"
+            )
+        self.media_extension = media_extension
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames={num_frames!r} must be a positive int, e.g. 8")
         self.name = name or self.name
@@ -168,18 +186,12 @@ class MediaTextDataset(Dataset):
         return torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % (2**63))
 
     def resolve(self, media: str) -> Path:
-        """The file of ``media``; a missing file falls back to the same stem with another
-        video/image extension (e.g. ``x.mov`` converted to ``x.mp4``)."""
+        """The file of ``media`` (relative to the media root). A missing file stays missing: it
+        is counted and reported when loaded, never replaced by a file of another extension."""
         path = Path(media)
-        if not path.is_absolute():
-            path = self.media_root / path
-        if path.exists():
-            return path
-        for ext in sorted(VIDEO_EXTENSIONS | IMAGE_EXTENSIONS):
-            candidate = path.with_suffix(ext)
-            if candidate.exists():
-                return candidate
-        return path
+        if self.media_extension is not None:
+            path = path.with_suffix(self.media_extension)
+        return path if path.is_absolute() else self.media_root / path
 
     def load(self, entry: Entry, generator: torch.Generator | None):
         """Load ``entry``'s media: (video (T, 3, H, W), video_mask (T,), is_image)."""
@@ -247,6 +259,7 @@ class MediaTextDataset(Dataset):
             seed=self.seed,
             tracker=self.tracker,
             name=f"{self.name} (media)",
+            media_extension=self.media_extension,
         )
         view.resolve = self.resolve  # type: ignore[method-assign]
         return view
@@ -261,15 +274,40 @@ class MediaTextDataset(Dataset):
 
 # ===================================================================== generic annotations
 def read_annotations(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a CSV/TSV (with header), JSON-lines or JSON (list of objects) annotation file."""
+    """Rows of a CSV/TSV (with header), JSON-lines or JSON (list of objects) annotation file.
+
+    UTF-8 text (a byte-order mark is accepted); another encoding, an empty file or rows that are
+    not objects are a ``ValueError`` naming the file."""
     path = _need_file(Path(path), "annotations", "pass a .csv, .tsv, .jsonl or .json file")
+    try:
+        rows = _read_annotation_rows(path)
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"annotations={str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
+            "save it as UTF-8"
+        ) from None
+    if not rows:
+        raise ValueError(
+            f"annotations={str(path)!r} holds no rows; an empty data set would train or "
+            "evaluate on nothing. Check the file (or the split it was written for)"
+        )
+    bad = [i for i, row in enumerate(rows) if not isinstance(row, dict)]
+    if bad:
+        raise ValueError(
+            f"annotations={str(path)!r} row {bad[0] + 1} is {type(rows[bad[0]]).__name__}, not "
+            'an object like {"video": ..., "caption": ...}'
+        )
+    return rows
+
+
+def _read_annotation_rows(path: Path) -> list[Any]:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as handle:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
             return list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ","))
     if suffix == ".jsonl":
         rows = []
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
@@ -559,8 +597,8 @@ class DiDeMo(MediaTextDataset):
     are ordered by their mean start, then mean end, then file position).
 
     Layout: ``root/annotations/{train,val,test}_data.json`` (lists of ``{"video",
-    "description", ...}``, the files released with DiDeMo) and ``root/videos/<video>``; a video
-    converted to another container (``.mp4``) is found by its stem.
+    "description", ...}``, the files released with DiDeMo) and ``root/videos/<video>``; videos
+    converted to another container are read with ``media_extension=".mp4"``.
     """
 
     name = "didemo"
@@ -585,6 +623,8 @@ class DiDeMo(MediaTextDataset):
         # (time key, file position, sentences) per video: paragraphs read in time order
         moments: OrderedDict[str, list[tuple[tuple[float, float], int, list[str]]]] = OrderedDict()
         for position, row in enumerate(_load_json(path, "root")):
+            if not isinstance(row, dict) or "video" not in row:
+                raise ValueError(f"root: {str(path)!r} has an entry without 'video': {row!r}")
             moments.setdefault(row["video"], []).append(
                 (_didemo_time(row.get("times")), position, _clean_captions(row.get("description")))
             )

@@ -23,6 +23,7 @@ logger = logging.getLogger("perceiver_vl.data")
 
 REASONS = (
     "missing",
+    "wrong_format",
     "empty_file",
     "undecodable",
     "no_frames",
@@ -31,6 +32,9 @@ REASONS = (
     "other",
 )
 _ROWS = 65  # row 0: the main process; rows 1..64: loader workers (modulo 64)
+# the first failures of each process, kept in shared memory so the main process can name them
+_FIRST_PER_ROW = 3
+_FIRST_BYTES = 320
 
 
 class MediaError(Exception):
@@ -94,6 +98,8 @@ class FailureTracker:
         self.name = name
         # columns: [ok, *REASONS]
         self._counts = torch.zeros(_ROWS, 1 + len(REASONS), dtype=torch.int64).share_memory_()
+        self._first = torch.zeros(_ROWS, _FIRST_PER_ROW, _FIRST_BYTES, dtype=torch.uint8)
+        self._first.share_memory_()
         self.recent: deque[tuple[str, str, str]] = deque(maxlen=20)
 
     # ----------------------------------------------------------------- recording
@@ -110,7 +116,14 @@ class FailureTracker:
         `check_fraction`).
         """
         kind = kind if kind in REASONS else "other"
-        self._counts[_worker_row(), 1 + REASONS.index(kind)] += 1
+        row = _worker_row()
+        slot = int(self._counts[row, 1:].sum())
+        if slot < _FIRST_PER_ROW:
+            record = "\t".join((str(path), kind, reason)).encode("utf-8")[:_FIRST_BYTES]
+            self._first[row, slot, : len(record)] = torch.frombuffer(
+                bytearray(record), dtype=torch.uint8
+            )
+        self._counts[row, 1 + REASONS.index(kind)] += 1
         self.recent.append((str(path), kind, reason))
         logger.warning("%s: skipped %s (%s: %s)", self.name, path, kind, reason)
         if self.log_file is not None:
@@ -159,6 +172,20 @@ class FailureTracker:
         return {"ok": int(totals[0]), **{r: int(v) for r, v in zip(REASONS, totals[1:])}}
 
     @property
+    def first_failures(self) -> list[tuple[str, str, str]]:
+        """(path, kind, reason) of the first failures of every process (loader workers
+        included; up to 3 each), the main process first."""
+        out = []
+        for row in range(_ROWS):
+            for slot in range(_FIRST_PER_ROW):
+                raw = bytes(self._first[row, slot].tolist()).rstrip(b"\0")
+                if not raw:
+                    break
+                parts = raw.decode("utf-8", errors="replace").split("\t", 2)
+                out.append(tuple(parts + [""] * (3 - len(parts))))  # type: ignore[arg-type]
+        return out
+
+    @property
     def failed(self) -> int:
         return int(self._counts[:, 1:].sum())
 
@@ -173,8 +200,10 @@ class FailureTracker:
         text = f"{self.name}: {self.seen} samples seen, {self.failed} skipped"
         if reasons:
             text += f" ({reasons})"
-        if self.recent:
-            text += "; recent: " + "; ".join(f"{p} [{k}: {r}]" for p, k, r in self.recent)
+        shown = list(self.recent) or self.first_failures  # workers' failures are not "recent"
+        if shown:
+            label = "recent" if self.recent else "first"
+            text += f"; {label}: " + "; ".join(f"{p} [{k}: {r}]" for p, k, r in shown)
         if self.log_file is not None and self.failed:
             text += f"; full list in {self.log_file}"
         return text
@@ -187,4 +216,5 @@ class FailureTracker:
 
     def reset(self) -> None:
         self._counts.zero_()
+        self._first.zero_()
         self.recent.clear()

@@ -33,6 +33,47 @@ _DECODE_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError, IndexError, Mem
 SEEK_MARGIN = 8
 
 
+# What a file's extension promises, as the container / image format names FFmpeg and Pillow
+# report: a file whose content is another format (a PNG renamed .mp4) is refused, not decoded.
+_VIDEO_CONTAINERS = {
+    ".mp4": ("mp4", "mov"),
+    ".m4v": ("mp4", "mov", "m4v"),
+    ".mov": ("mov", "mp4"),
+    ".webm": ("webm", "matroska"),
+    ".mkv": ("matroska", "webm"),
+    ".avi": ("avi",),
+    ".mpg": ("mpeg",),
+    ".mpeg": ("mpeg",),
+}
+_IMAGE_FORMATS = {
+    ".jpg": ("JPEG", "MPO"),
+    ".jpeg": ("JPEG", "MPO"),
+    ".png": ("PNG",),
+    ".webp": ("WEBP",),
+    ".bmp": ("BMP", "DIB"),
+    ".gif": ("GIF",),
+    ".tif": ("TIFF",),
+    ".tiff": ("TIFF",),
+}
+
+
+def _check_format(name: str, found: str, table: dict[str, tuple[str, ...]]) -> None:
+    """Raise `MediaError` (``wrong_format``) when ``found`` is not what ``name``'s extension
+    promises (unknown extensions and names without one are not checked)."""
+    suffix = Path(name.rsplit(":", 1)[-1]).suffix.lower()
+    expected = table.get(suffix)
+    if expected is None:
+        return
+    parts = {part.strip().lower() for part in found.split(",")}
+    if not parts & {e.lower() for e in expected}:
+        raise MediaError(
+            name,
+            f"the file's content is {found!r}, not what its extension {suffix!r} says; rename "
+            "or re-encode it",
+            "wrong_format",
+        )
+
+
 def is_image_path(path: str | os.PathLike) -> bool:
     """True when the file extension names an image format Pillow reads."""
     return Path(str(path)).suffix.lower() in IMAGE_EXTENSIONS
@@ -170,6 +211,7 @@ class VideoReader:
         except _DECODE_ERRORS as err:
             raise MediaError(name, f"not a readable media file ({err})", "undecodable") from err
         try:
+            _check_format(name, container.format.name, _VIDEO_CONTAINERS)
             frames = self._decode(container, name, generator)
         finally:
             container.close()
@@ -326,6 +368,7 @@ def load_image(
     source = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else path
     try:
         with Image.open(source) as image:
+            _check_format(name, image.format or "unknown", _IMAGE_FORMATS)
             orientation = image.getexif().get(_ORIENTATION_TAG, 1)
             width, height = image.size
             if orientation in (5, 6, 7, 8):

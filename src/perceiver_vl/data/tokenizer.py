@@ -103,6 +103,8 @@ class Tokenizer:
             direction="right", pad_id=self._pad_id, pad_token="[PAD]", length=max_length
         )
         self._continuation: torch.Tensor | None = None
+        # positions (in the last call's batch) of texts cut to max_length, for callers that warn
+        self.last_truncated: list[int] = []
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -190,6 +192,7 @@ class Tokenizer:
             empty = torch.zeros(0, self.max_length, dtype=torch.long)
             return empty, empty.bool()
         encodings = self._tok.encode_batch(texts)
+        self.last_truncated = [i for i, e in enumerate(encodings) if e.overflowing]
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool)
         return ids, mask

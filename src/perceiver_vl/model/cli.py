@@ -31,10 +31,18 @@ def add_arguments_for(command: str, parser: argparse.ArgumentParser) -> None:
             "default: the paper configuration with random weights",
         )
         parser.add_argument(
-            "--frames", type=int, default=8, help="frames of the FLOPs input (0 = one image)"
+            "--frames",
+            type=int,
+            default=None,
+            help="frames of the FLOPs input (0 = one image; default: 8, or the model's "
+            "max_frames when smaller)",
         )
         parser.add_argument(
-            "--text-length", type=int, default=40, help="text tokens of the FLOPs input"
+            "--text-length",
+            type=int,
+            default=None,
+            help="text tokens of the FLOPs input (default: 40, or the model's max_text_length "
+            "when smaller)",
         )
         parser.add_argument(
             "--cross-attention-layers",
@@ -75,6 +83,7 @@ def _info(args: argparse.Namespace) -> int:
     )
     model.eval()
     cfg = model.config
+    _fit_input_to_model(args, cfg)
     size = cfg.image_size
     visual = (
         {"video": torch.zeros(1, args.frames, 3, size, size)}
@@ -114,6 +123,23 @@ def _info(args: argparse.Namespace) -> int:
         "(a multiply-add = 2 FLOPs; attention included)"
     )
     return 0
+
+
+def _fit_input_to_model(args: argparse.Namespace, cfg: PerceiverVLConfig) -> None:
+    """Default the FLOPs input to what the model takes; refuse explicit values it cannot."""
+    for name, option, default, limit, field in (
+        ("frames", "--frames", 8, cfg.max_frames, "max_frames"),
+        ("text_length", "--text-length", 40, cfg.max_text_length, "max_text_length"),
+    ):
+        value = getattr(args, name)
+        if value is None:
+            setattr(args, name, min(default, limit))
+        elif value < 0 or value > limit or (name == "text_length" and value == 0):
+            low = 0 if name == "frames" else 1
+            raise ValueError(
+                f"{option}={value} is outside what this model takes: its {field} is {limit}; "
+                f"pass {low}..{limit} or leave {option} out"
+            )
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 CrossAttentionResidual = Literal["normalized", "standard"]
 QALoss = Literal["bce", "ce"]
@@ -117,13 +119,10 @@ class PerceiverVLConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.cross_attention_before_layers = tuple(
-            int(i) for i in self.cross_attention_before_layers
-        )
+        check_field_types(self)
+        self.cross_attention_before_layers = tuple(self.cross_attention_before_layers)
         if self.inference_cross_attention_blocks is not None:
-            self.inference_cross_attention_blocks = tuple(
-                int(i) for i in self.inference_cross_attention_blocks
-            )
+            self.inference_cross_attention_blocks = tuple(self.inference_cross_attention_blocks)
         self.validate()
 
     # -- validation -------------------------------------------------------------------------
@@ -266,21 +265,90 @@ class PerceiverVLConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(
+                f"config file {str(path)!r} is not valid UTF-8 JSON ({err}); restore it (the "
+                "weights' own config is in model.safetensors' metadata)"
+            ) from None
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"config file {str(path)!r} holds a {type(data).__name__}, not an object of "
+                "PerceiverVLConfig fields"
+            )
+        return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> PerceiverVLConfig:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
 
 
+def _type_error(cls: type, name: str, value: Any, expected: str) -> ValueError:
+    hint = ""
+    scalar = any(w in expected for w in ("an integer", "a number", "a boolean"))
+    if isinstance(value, str) and scalar:
+        hint = f"; write it without quotes (e.g. {name}: {value.strip()}) in YAML/JSON"
+    return ValueError(
+        f"{cls.__name__}.{name} must be {expected}, got {value!r} ({type(value).__name__}){hint}"
+    )
+
+
+def _matches(value: Any, annotation: Any) -> tuple[bool, str]:
+    """Whether ``value`` is of the declared type (no coercion: a string is never a number, a
+    number never a bool, 0.9 never an int), and the type in words."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is Any:
+        return True, "anything"
+    if origin is Union or origin is types.UnionType:
+        results = [_matches(value, arg) for arg in args]
+        return any(ok for ok, _ in results), " or ".join(words for _, words in results)
+    if annotation is type(None):
+        return value is None, "None"
+    if origin is Literal:
+        return value in args and isinstance(value, str), "one of " + ", ".join(map(repr, args))
+    if annotation is bool:
+        return isinstance(value, bool), "true or false (a boolean, not a string)"
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), "an integer"
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, "a number"
+    if annotation is str:
+        return isinstance(value, str), "a string"
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False, "a list of integers"
+        item = args[0] if args else Any
+        return all(_matches(v, item)[0] for v in value), "a list of integers"
+    if origin is dict:
+        return isinstance(value, dict), "a mapping"
+    return True, str(annotation)
+
+
+def check_field_types(config: Any) -> None:
+    """Raise ``ValueError`` naming the first field of dataclass ``config`` whose value is not of
+    its declared type (``"8"`` for an int, ``"false"`` for a bool, ``"01"`` for a list)."""
+    hints = get_type_hints(type(config))
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        ok, expected = _matches(value, hints[spec.name])
+        if not ok:
+            raise _type_error(type(config), spec.name, value, expected)
+
+
 def check_cross_attention_blocks(blocks: Any, num_blocks: int, argument: str) -> tuple[int, ...]:
     """Validate a choice of cross-attention blocks (indices into the schedule)."""
-    try:
-        chosen = tuple(int(i) for i in blocks)
-    except TypeError:
+    # no coercion: "01" is not [0, 1], 0.9 is not 0 and True is not 1
+    is_index = isinstance(blocks, (list, tuple, range)) and all(
+        isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in blocks
+    )
+    if not is_index:
         raise ValueError(
-            f"{argument} must be a sequence of cross-attention block indices, got {blocks!r}"
-        ) from None
+            f"{argument} must be a list of integer cross-attention block indices (e.g. [0, 1]), "
+            f"got {blocks!r}"
+        )
+    chosen = tuple(int(i) for i in blocks)
     if not chosen:
         raise ValueError(f"{argument} is empty: at least one cross-attention block must run")
     bad = [i for i in chosen if not 0 <= i < num_blocks]

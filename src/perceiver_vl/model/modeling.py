@@ -60,6 +60,34 @@ class _Inputs:
     batch_size: int
 
 
+def _bool_mask(mask: Tensor, name: str) -> Tensor:
+    """A 0/1 or bool mask as bool; any other value (0.5, 2, -1) is an error, not True."""
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        odd = mask[(mask != 0) & (mask != 1)].flatten()[:3].tolist()
+        raise ValueError(
+            f"{name} must be bool (True = real) or hold only 0 and 1, got values {odd}; "
+            f"pass e.g. {name}.bool() after thresholding yourself"
+        )
+    return mask.bool()
+
+
+def _check_finite(tensor: Tensor, name: str, mask: Tensor | None = None) -> None:
+    if not bool(torch.isfinite(tensor).all()):
+        count = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(
+            f"{name} holds {count} non-finite values (NaN or inf); replace or drop those inputs "
+            "(set model.check_finite = False to skip this check for trusted batches)"
+        )
+
+
+def _check_device(tensor: Any, name: str) -> None:
+    if isinstance(tensor, Tensor) and tensor.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the 'meta' device (shape only, no data); pass a real tensor, e.g. "
+            f"{name}.to_empty(device='cpu') filled with data"
+        )
+
+
 def _describe(t: Any) -> str:
     if isinstance(t, Tensor):
         return f"a {t.dtype} tensor of shape {tuple(t.shape)}"
@@ -99,6 +127,8 @@ class PerceiverVL(nn.Module):
         self._init_linear_layers()
         # Counts training forwards; used as the LayerDrop step when the caller gives none.
         self.layerdrop_counter = 0
+        # Refuse NaN/inf pixels (one reduction per call); False skips it for trusted batches.
+        self.check_finite = True
 
     def _init_linear_layers(self) -> None:
         """Linear weights: truncated normal with ``config.initializer_range`` (None = 1/sqrt(fan_in),
@@ -126,6 +156,14 @@ class PerceiverVL(nn.Module):
         text_mask: Tensor | None,
     ) -> _Inputs:
         cfg = self.config
+        for name, value in (
+            ("video", video),
+            ("video_mask", video_mask),
+            ("images", images),
+            ("text_ids", text_ids),
+            ("text_mask", text_mask),
+        ):
+            _check_device(value, name)
         if video is not None and images is not None:
             raise ValueError(
                 "pass either video= or images=, not both (an image is a 1-frame video)"
@@ -174,7 +212,12 @@ class PerceiverVL(nn.Module):
                         f"video_mask must be (B, T) = {tuple(frames.shape[:2])} to match video, "
                         f"got {_describe(video_mask)}"
                     )
-                frame_mask = video_mask.to(device=frames.device, dtype=torch.bool)
+                frame_mask = _bool_mask(video_mask, "video_mask").to(frames.device)
+                if not bool(frame_mask.all()):
+                    # padding never reaches the output, whatever it holds (even NaN)
+                    frames = frames.masked_fill(~frame_mask[:, :, None, None, None], 0.0)
+            if self.check_finite:
+                _check_finite(frames, name)
         elif video_mask is not None:
             raise ValueError("video_mask was given without video=")
 
@@ -207,7 +250,7 @@ class PerceiverVL(nn.Module):
                         f"text_mask must have the shape of text_ids {tuple(text_ids.shape)}, "
                         f"got {_describe(text_mask)}"
                     )
-                text_mask = text_mask.to(device=text_ids.device, dtype=torch.bool)
+                text_mask = _bool_mask(text_mask, "text_mask").to(text_ids.device)
         elif text_mask is not None:
             raise ValueError("text_mask was given without text_ids=")
         assert batch is not None
@@ -341,6 +384,17 @@ class PerceiverVL(nn.Module):
                     f"{None if inputs.text_ids is None else tuple(inputs.text_ids.shape)}, "
                     f"got {_describe(mlm_labels)}"
                 )
+            targets = mlm_labels[mlm_labels != -100]
+            if mlm_labels.is_floating_point() or (
+                targets.numel()
+                and (int(targets.min()) < 0 or int(targets.max()) >= self.config.vocab_size)
+            ):
+                raise ValueError(
+                    f"mlm_labels must be integer token ids in [0, vocab_size="
+                    f"{self.config.vocab_size}) at targets and -100 elsewhere, got "
+                    f"{_describe(mlm_labels)} with target values "
+                    f"{targets.flatten()[:3].tolist() if targets.numel() else []}"
+                )
             queries.append(self.decoder.mlm_queries(mlm_labels))
         query_array = queries[0] if len(queries) == 1 else torch.cat(queries, dim=1)
         states = self.decoder(query_array, latents)
@@ -352,6 +406,13 @@ class PerceiverVL(nn.Module):
         if has_both:
             out.matching_logits = self.matching_head(states[:, 0])
             if matching_labels is not None:
+                if matching_labels.numel() and not bool(
+                    ((matching_labels == 0) | (matching_labels == 1)).all()
+                ):
+                    raise ValueError(
+                        "matching_labels must hold only 1 (the pair matches) and 0 (it does "
+                        f"not), got values {matching_labels.unique()[:5].tolist()}"
+                    )
                 target = matching_labels.to(out.matching_logits.dtype).reshape(-1)
                 if target.shape[0] != batch:
                     raise ValueError(

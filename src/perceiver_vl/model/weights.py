@@ -11,11 +11,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import pickle
 import re
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,27 +56,113 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+# Fields that do not change what the weights compute at inference (training-time settings and
+# initialisation): config.json may change them without the weights being re-saved.
+RUNTIME_FIELDS = frozenset(
+    {
+        "dropout",
+        "attention_dropout",
+        "layerdrop",
+        "layerdrop_seed",
+        "inference_cross_attention_blocks",
+        "qa_loss",
+        "initializer_range",
+        "visual_position_init_std",
+        "extra",
+    }
+)
+
+
+def state_checksum(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes (in name order)."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def load_safetensors(
+    path: str | Path, *, device: str = "cpu"
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(tensors, metadata) of a ``.safetensors`` file; a truncated or corrupt file is a
+    ``ValueError`` naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device=device) as handle:
+            metadata = dict(handle.metadata() or {})
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise ValueError(
+            f"{str(path)!r} is not a readable safetensors file (truncated or corrupt: {err}); "
+            "write it again (save_pretrained / `perceiver-vl export`) or re-download it"
+        ) from err
+    return state, metadata
+
+
 def save_pretrained(model: PerceiverVL, directory: str | Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory``; returns it."""
+    """Write ``config.json`` and ``model.safetensors`` into ``directory``; returns it.
+
+    The safetensors metadata records the config (``perceiver_vl_config``) and a SHA-256 of the
+    tensors (``sha256``, see :func:`state_checksum`); :func:`load_pretrained` verifies both."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(
-        directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"})
-    )
+    metadata = {
+        "format": "pt",
+        "perceiver_vl_config": json.dumps(model.config.to_dict(), sort_keys=True),
+        "sha256": state_checksum(state),
+    }
+    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata=metadata))
     _atomic_write(directory / CONFIG_NAME, lambda p: model.config.to_json_file(p))
     return directory
 
 
-def load_pretrained(directory: str | Path, *, map_location: str = "cpu") -> PerceiverVL:
-    """Load a model from a directory written by :func:`save_pretrained`."""
-    from safetensors.torch import load_file
+def _check_against_saved_config(
+    config: PerceiverVLConfig, metadata: Mapping[str, str], config_path: Path, weights_path: Path
+) -> None:
+    """Refuse a config.json whose architecture differs from the one the weights were saved with
+    (num_heads, residual form, schedule, ...: what the tensor shapes cannot reveal)."""
+    recorded = metadata.get("perceiver_vl_config")
+    if recorded is None:
+        return
+    saved = json.loads(recorded)
+    current = config.to_dict()
+    differ = [
+        f"{name}: config.json {current.get(name)!r}, weights {saved[name]!r}"
+        for name in sorted(saved)
+        if name not in RUNTIME_FIELDS and current.get(name) != saved[name]
+    ]
+    if differ:
+        raise ValueError(
+            f"{str(config_path)!r} disagrees with the config {str(weights_path)!r} was saved with "
+            f"({'; '.join(differ[:6])}); restore config.json (the weights' own config is in the "
+            "safetensors metadata) or save the model again. Only "
+            f"{sorted(RUNTIME_FIELDS - {'extra'})} may change without re-saving."
+        )
 
+
+def load_pretrained(directory: str | Path, *, map_location: str = "cpu") -> PerceiverVL:
+    """Load a model from a directory written by :func:`save_pretrained`.
+
+    Verified on the way: the tensors' checksum (a flipped bit is refused), config.json against
+    the config recorded with the weights, and every tensor's shape against config.json.
+    Directories written before checksums existed load with a warning."""
     from .modeling import PerceiverVL
 
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if directory.is_file():
+        raise ValueError(
+            f"{str(directory)!r} is a file; pass the model directory that holds {CONFIG_NAME} "
+            f"and {WEIGHTS_NAME}"
+        )
     for p in (config_path, weights_path):
         if not p.is_file():
             raise FileNotFoundError(
@@ -80,8 +170,22 @@ def load_pretrained(directory: str | Path, *, map_location: str = "cpu") -> Perc
                 "(written by save_pretrained or `perceiver-vl convert-official`/`export`)"
             )
     config = PerceiverVLConfig.from_json_file(config_path)
+    state, metadata = load_safetensors(weights_path, device=map_location)
+    expected = metadata.get("sha256")
+    if expected is None:
+        warnings.warn(
+            f"{str(weights_path)!r} carries no checksum (written before perceiver-vl recorded "
+            "one): its integrity and its match with config.json cannot be verified; save it "
+            "again with save_pretrained to add one",
+            stacklevel=2,
+        )
+    elif state_checksum(state) != expected:
+        raise ValueError(
+            f"{str(weights_path)!r} fails its checksum (the tensors changed after saving: a "
+            "damaged copy or an edit); re-copy or re-export the model"
+        )
+    _check_against_saved_config(config, metadata, config_path, weights_path)
     model = PerceiverVL(config)
-    state = load_file(str(weights_path), device=map_location)
     own = model.state_dict()
     bad = [
         f"{k}: file {tuple(v.shape)} vs config {tuple(own[k].shape)}"
@@ -98,8 +202,61 @@ def load_pretrained(directory: str | Path, *, map_location: str = "cpu") -> Perc
             f"{str(weights_path)!r} does not match {str(config_path)!r}: missing {missing[:8]}, "
             f"unexpected {unexpected[:8]}"
         )
+    check_finite_weights(model, str(weights_path))
     model.eval()
     return model
+
+
+def check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """Raise ``ValueError`` naming the first parameter or buffer holding NaN or inf."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"{source}: weight {name!r} holds {bad} non-finite values (NaN or inf); the "
+                "model diverged or the file is damaged: use an earlier checkpoint"
+            )
+
+
+def load_torch_file(path: str | Path, argument: str = "checkpoint") -> object:
+    """``torch.load(weights_only=True)`` of ``path`` with a clear ``ValueError`` for what is not
+    a PyTorch checkpoint: a missing file, a text file, a safetensors file, a truncated archive,
+    pickled code (never executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{argument}={str(path)!r} does not exist")
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if len(head) >= 9 and head[8:9] == b"{" and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{argument}={str(path)!r} is a safetensors file, not a PyTorch checkpoint; load it "
+            "with PerceiverVL.from_pretrained(<its folder>) (it is already exported)"
+        )
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):
+        if head.startswith(b"PK\x03\x04"):
+            kind = "a zip archive without its end: truncated, e.g. by a crash or a full disk"
+        else:
+            kind = "empty" if not head else "neither a zip archive nor a pickle"
+        raise ValueError(
+            f"{argument}={str(path)!r} is not a PyTorch checkpoint ({kind}; a truncated copy or "
+            "another kind of file); pass a .ckpt/.pt written by torch.save"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{str(path)!r} holds pickled objects that torch.load(weights_only=True) refuses "
+            f"({str(err).splitlines()[0]}). perceiver-vl never unpickles arbitrary code. If you "
+            "trust the file, extract its tensors yourself, e.g. `sd = torch.load(path, "
+            "weights_only=False)['state_dict']` in a trusted session, and pass that dict or save "
+            "it with safetensors."
+        ) from err
+    except (RuntimeError, EOFError, KeyError, IndexError, OSError) as err:
+        raise ValueError(
+            f"{argument}={str(path)!r} is truncated or corrupt ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); use another copy or an "
+            "earlier checkpoint"
+        ) from err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,21 +273,8 @@ def read_checkpoint_file(path: str | Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{str(path)!r} holds pickled objects that torch.load(weights_only=True) refuses "
-            f"({str(err).splitlines()[0]}). perceiver-vl never unpickles arbitrary code. If you "
-            "trust the file, extract its tensors yourself, e.g. `sd = torch.load(path, "
-            "weights_only=False)['state_dict']` in a trusted session, and pass that dict or save "
-            "it with safetensors."
-        ) from err
-    except RuntimeError as err:
-        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint: {err}") from err
+        return load_safetensors(path)[0]
+    obj = load_torch_file(path)
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -395,8 +539,14 @@ def read_vit_state_dict(path: str | Path) -> dict[str, Tensor]:
     if path.suffix == ".npz":
         import numpy as np
 
-        with np.load(path, allow_pickle=False) as arrays:
-            return _npz_to_timm({k: arrays[k] for k in arrays.files})
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return _npz_to_timm({k: arrays[k] for k in arrays.files})
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(
+                f"ViT weights {str(path)!r} are not a readable .npz (truncated or corrupt: "
+                f"{err}); download them again"
+            ) from err
     return read_checkpoint_file(path)
 
 

@@ -14,9 +14,11 @@ Search modes (scores are (text, video) pairs; higher is better):
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import secrets
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -261,6 +263,14 @@ class RetrievalIndex:
                 video_loader=video_loader,
                 verify=verify,
             )
+            pre = index.manifest["preprocessing"]
+            for name, asked in (("num_frames", num_frames), ("image_size", image_size)):
+                if asked is not None and asked != pre[name]:
+                    raise ValueError(
+                        f"{name}={asked} differs from the existing index {str(path)!r}, built "
+                        f"with {name}={pre[name]}; an index keeps one preprocessing. Leave "
+                        f"{name} out to add to it, or build a new index elsewhere"
+                    )
         else:
             index = cls.create(
                 path,
@@ -502,8 +512,28 @@ class RetrievalIndex:
             self._embeddings = torch.from_numpy(self._gather("embeddings", range(len(videos))))
         else:
             self._embeddings = torch.zeros(0, cfg.contrastive_dim)
+        self._exclude_nonfinite_rows()
         self._faiss_index = None
         self._ann: ann.PQShortlist | None = None
+
+    def _exclude_nonfinite_rows(self) -> None:
+        """Rows holding NaN or inf (a damaged shard opened with ``verify=False``) never rank:
+        their embeddings are zeroed for the shortlist and search drops them; a warning names
+        them. A non-finite mixed-stream score found during a search is dropped there too."""
+        bad = ~torch.isfinite(self._embeddings).all(dim=1)
+        if len(self._rows):  # the small per-row summary; attn_values are checked per search
+            lse = torch.from_numpy(self._gather("attn_lse", range(len(self._rows))))
+            bad |= ~torch.isfinite(lse.float()).all(dim=1)
+        self._excluded: set[int] = set(torch.nonzero(bad).flatten().tolist())
+        if self._excluded:
+            self._embeddings = self._embeddings.clone()
+            self._embeddings[bad] = 0.0
+            names = [self.manifest["videos"][i]["video"] for i in sorted(self._excluded)]
+            warnings.warn(
+                f"index {str(self.path)!r}: {len(names)} videos hold NaN/inf values and are "
+                f"left out of every search: {names[:5]}; re-index them (perceiver-vl index)",
+                stacklevel=3,
+            )
 
     def _gather(self, field_name: str, positions: Sequence[int] | range) -> np.ndarray:
         """Rows ``positions`` of ``latents`` or ``embeddings`` (a copy, in the order given)."""
@@ -582,8 +612,17 @@ class RetrievalIndex:
         items = _check_texts(texts)
         ids, mask = self.tokenizer(items)
         limit = self.model.config.max_text_length
+        cut = set(getattr(self.tokenizer, "last_truncated", []))
         if ids.shape[1] > limit:
+            cut |= set(torch.nonzero(mask[:, limit:].any(dim=1)).flatten().tolist())
             ids, mask = ids[:, :limit], mask[:, :limit]
+        for position in sorted(cut):
+            warnings.warn(
+                f"query {position} ({items[position][:40]!r}...) is longer than the "
+                f"{min(limit, ids.shape[1])} tokens the model reads; only its beginning is "
+                "searched. Shorten the query",
+                stacklevel=2,
+            )
         return self.model.encode(
             text_ids=ids, text_mask=mask, cross_attention_layers=cross_attention_layers
         ).float()
@@ -598,6 +637,14 @@ class RetrievalIndex:
     @torch.no_grad()
     def _shard_arrays(self, latents: Tensor) -> dict[str, np.ndarray]:
         latents = latents.float()
+        finite = torch.isfinite(latents).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            rows = torch.nonzero(~finite).flatten().tolist()
+            raise ValueError(
+                f"latents rows {rows[:10]} hold NaN or inf values; an index refuses them (they "
+                "would rank first for every query). Check the inputs or the model that "
+                "encoded them"
+            )
         stored = latents.half()
         # The summary is taken of the stored (rounded) latents so that a re-rank equals the mixed
         # stream over exactly what the index holds.
@@ -932,12 +979,17 @@ class RetrievalIndex:
         shortlist: int,
         candidates: tuple[Tensor, Tensor] | None = None,
     ) -> list[SearchHit]:
-        total = len(self)
+        excluded = self._excluded
+        total = len(self) - len(excluded)
         k = min(k, total)
+        if k <= 0:
+            return []
         text_embedding = self.model.embed(text_latents, "text").float()  # (1, E)
         multi: Tensor | None = None
         if mode == "mixed":
-            mixed = self.mixed_scores(text_latents)[0]
+            mixed = self.mixed_scores(text_latents)[0].nan_to_num(nan=-float("inf"))
+            if excluded:
+                mixed[list(excluded)] = -float("inf")
             scores, order = mixed.topk(k)
             positions = order.tolist()
             mixed_scores: list[float | None] = scores.tolist()
@@ -946,8 +998,11 @@ class RetrievalIndex:
         else:
             width = k if mode == "multi" else min(total, max(k, shortlist))
             if candidates is None:
-                candidates = self.shortlist(text_embedding, width)
+                candidates = self.shortlist(text_embedding, width + len(excluded))
             multi, found = candidates
+            if excluded:  # rows of a damaged shard (opened unverified) are never results
+                keep = [i for i, pos in enumerate(found.tolist()) if pos not in excluded][:width]
+                multi, found = multi[keep], found[keep]
             positions = found.tolist()
             multi_scores = multi.tolist()
             if mode == "multi":
@@ -955,7 +1010,7 @@ class RetrievalIndex:
                 ranked = multi_scores
             else:
                 mixed = self.mixed_scores(text_latents, positions)[0]
-                scores, order = mixed.topk(k)
+                scores, order = mixed.nan_to_num(nan=-float("inf")).topk(k)
                 positions = [positions[i] for i in order.tolist()]
                 multi_scores = [multi_scores[i] for i in order.tolist()]
                 mixed_scores = scores.tolist()
@@ -971,6 +1026,8 @@ class RetrievalIndex:
                 position=pos,
             )
             for rank, pos in enumerate(positions[:k])
+            # a damaged row whose summary is NaN: never a result
+            if math.isfinite(float(ranked[rank]))  # type: ignore[arg-type]
         ]
 
     def shortlist_many(self, text_embeddings: Tensor, width: int) -> tuple[Tensor, Tensor]:

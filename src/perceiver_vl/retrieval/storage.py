@@ -272,6 +272,20 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             raise CorruptIndexError(
                 f"{str(path)!r} lacks the field {key!r}; the index is corrupted"
             )
+    for field_name, required in (
+        ("shards", ("file", "count", "bytes", "sha256")),
+        ("videos", ("video", "shard", "row")),
+    ):
+        entries = manifest[field_name]
+        if not isinstance(entries, list):
+            raise CorruptIndexError(f"{str(path)!r}: {field_name!r} is not a list; corrupted")
+        for position, entry in enumerate(entries):
+            lacking = [k for k in required if not isinstance(entry, dict) or k not in entry]
+            if lacking:
+                raise CorruptIndexError(
+                    f"{str(path)!r}: {field_name} entry {position} lacks {lacking}; the index is "
+                    "corrupted. Rebuild it (perceiver-vl index ... --out INDEX)"
+                )
     return manifest
 
 

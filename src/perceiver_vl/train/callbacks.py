@@ -4,6 +4,7 @@ progress for runs without a terminal."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import tempfile
@@ -30,9 +31,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        # torch reports a full disk as "enforce fail at inline_container.cc ... file write failed"
+        if isinstance(err, OSError) or (
+            isinstance(err, RuntimeError) and "write" in str(err).lower()
+        ):
+            raise OSError(
+                getattr(err, "errno", None) or errno.ENOSPC,
+                f"could not write checkpoint {str(path)!r} ({str(err).splitlines()[0]}); is the "
+                "disk full? The previous checkpoint under that name is intact",
+                str(path),
+            ) from err
         raise
     try:  # persist the rename itself
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -55,6 +66,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None):
+        """Load with ``weights_only=True``; a missing, truncated or foreign file is a clear
+        error naming it (and, when missing, the checkpoints that do exist beside it)."""
+        if "://" not in str(path):
+            from perceiver_vl.model.weights import load_torch_file
+
+            local = Path(path)
+            if not local.is_file():
+                others = sorted(p.name for p in local.parent.glob("*.ckpt"))
+                raise FileNotFoundError(
+                    f"--ckpt_path {str(local)!r} does not exist; "
+                    + (
+                        f"checkpoints in {str(local.parent)!r}: {others[:10]}"
+                        if others
+                        else "pass a .ckpt written by `perceiver-vl fit`, or 'last'"
+                    )
+                )
+            checkpoint = load_torch_file(local, argument="--ckpt_path")
+            # Lightning's own temporary files (ddp_spawn) hold a bare state dict of tensors
+            bare = isinstance(checkpoint, dict) and all(
+                isinstance(v, torch.Tensor) for v in checkpoint.values()
+            )
+            if not isinstance(checkpoint, dict) or ("state_dict" not in checkpoint and not bare):
+                raise ValueError(
+                    f"--ckpt_path {str(local)!r} is not a Lightning training checkpoint (no "
+                    "'state_dict'); pass a .ckpt written by `perceiver-vl fit`"
+                )
+            return checkpoint
         return super().load_checkpoint(
             path,
             map_location=map_location or (lambda storage, loc: storage),

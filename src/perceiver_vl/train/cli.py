@@ -8,7 +8,8 @@ Example::
 
 Besides ``model``, ``data`` and ``trainer``, a config has ``checkpoint`` (a
 :class:`~perceiver_vl.train.callbacks.RunCheckpoint`: every N steps + ``last.ckpt``, written
-atomically) and ``progress`` (:class:`~perceiver_vl.train.callbacks.TextProgress`). Defaults:
+atomically) and ``progress`` (:class:`~perceiver_vl.train.callbacks.TextProgress`) and ``nonfinite``
+(:class:`~perceiver_vl.train.guards.NonFiniteGuard`: ``on_loss: stop`` or ``skip``). Defaults:
 CSV + TensorBoard logs under ``trainer.default_root_dir``, checkpoints and the resolved
 ``config.yaml`` in ``<default_root_dir>/checkpoints``, DDP (with unused-parameter detection, which
 LayerDrop needs) whenever more than one device or node is requested, seed 0.
@@ -27,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from .callbacks import AtomicCheckpointIO, RunCheckpoint, SaveConfigBesideCheckpoints, TextProgress
 from .datamodule import PerceiverVLDataModule
+from .guards import NonFiniteGuard
 from .module import PerceiverVLModule
 
 DDP_STRATEGY = "ddp_find_unused_parameters_true"
@@ -76,6 +78,7 @@ class PerceiverVLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(TextProgress, "progress")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
 
     def _trainer_config(self) -> Any:
         config = self.config[self.subcommand] if self.subcommand else self.config

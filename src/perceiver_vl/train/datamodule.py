@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from perceiver_vl.data import Collator, SharedWordBatchSampler, Tokenizer
+
+from .resume import EpochSampler, stable_seed
 
 # short names usable as "kind" in a data set spec
 DATASET_KINDS: dict[str, str] = {
@@ -101,8 +105,9 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         caption_group_size: > 1 builds each training batch from groups of this many captions
             that share content words (:class:`~perceiver_vl.data.SharedWordBatchSampler`), so
             the in-batch negatives of contrastive and retrieval losses include near misses;
-            1 (the default) = shuffled batches. Under data parallelism run Lightning with
-            ``use_distributed_sampler=False``.
+            1 (the default) = shuffled batches. The grouped order is drawn from (seed, epoch)
+            like the plain one, so resumption stays exact; under data parallelism each rank
+            takes every ``world_size``-th item of it, so a group is split between the ranks.
         drop_last: drop the last incomplete training batch.
         pin_memory: pin loader memory (GPU runs).
         progress: show progress bars for one-off work (``cache: true`` decoding).
@@ -170,6 +175,9 @@ class PerceiverVLDataModule(pl.LightningDataModule):
                 "data.val: holdout validates on media held out of training, but no data.train "
                 "spec has holdout: {size: N, seed: S}; add one or give data.val explicitly"
             )
+        # the training loaders' samplers (resumption), and where a restored run starts
+        self._train_samplers: list[EpochSampler] = []
+        self._resume_at: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- building blocks
     @property
@@ -338,7 +346,14 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         kwargs = {**common, **spec}
         if name is not None:
             kwargs.setdefault("name", name)
-        dataset = cls(**kwargs)
+        try:
+            dataset = cls(**kwargs)
+        except KeyError as err:  # an annotation row without a field the format needs
+            raise ValueError(
+                f"data set {kind or class_path!r} ({ {k: v for k, v in spec.items()} }): an "
+                f"annotation entry lacks the field {err}; check the annotation files of this "
+                "spec"
+            ) from err
         return name or getattr(dataset, "name", type(dataset).__name__), dataset
 
     def _train_vocab(self, kind: str) -> Any:
@@ -365,56 +380,197 @@ class PerceiverVLDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset, stage: str) -> DataLoader:
+        """A loader whose order, worker seeds and masking depend only on the seed and the epoch
+        (never on the global RNG), so resumed training sees the batches the uninterrupted run
+        saw (see :mod:`perceiver_vl.train.resume`)."""
         train = stage == "train"
         iterable = isinstance(dataset, IterableDataset)
-        if train and self.caption_group_size > 1:
-            return DataLoader(
-                dataset,
-                batch_sampler=self._grouped_batches(dataset),
-                num_workers=self.num_workers,
-                collate_fn=self.collator(stage),
-                pin_memory=self.pin_memory,
+        collator = self.collator(stage)
+        # the workers' base seed comes from this generator, not from the global RNG
+        generator = torch.Generator().manual_seed(stable_seed("loader", self.seed, stage))
+        sampler = None
+        if not iterable:
+            listeners: list[Any] = [collator.set_epoch]
+            if train and hasattr(dataset, "set_epoch"):
+                listeners.append(dataset.set_epoch)
+            if train:
+                listeners.append(
+                    lambda epoch: generator.manual_seed(stable_seed("loader", self.seed, epoch))
+                )
+            trainer = self.trainer
+            distributed = trainer is not None and trainer.world_size > 1
+            grouped = train and self.caption_group_size > 1
+            sampler = EpochSampler(
+                len(dataset),  # type: ignore[arg-type]
+                shuffle=train,
+                seed=self.seed,
+                shuffled_order=self._caption_groups(dataset).order if grouped else None,
+                num_replicas=trainer.world_size if distributed else 1,
+                rank=trainer.global_rank if distributed else 0,
+                on_epoch=listeners,
             )
+            if train:
+                self._train_samplers.append(sampler)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and not iterable,
+            sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=self.collator(stage),
+            collate_fn=collator,
             drop_last=train and self.drop_last,
             pin_memory=self.pin_memory,
             persistent_workers=False,
+            generator=generator,
         )
 
-    def _grouped_batches(self, dataset: Dataset) -> SharedWordBatchSampler:
-        trainer = self.trainer
+    def _caption_groups(self, dataset: Dataset) -> SharedWordBatchSampler:
+        """The grouped order of ``caption_group_size``: consecutive runs of ``batch_size``
+        indices of :meth:`SharedWordBatchSampler.order` are the batches."""
         return SharedWordBatchSampler(
             _item_texts(dataset),
             self.batch_size,
             self.caption_group_size,
             seed=self.seed,
             drop_last=self.drop_last,
-            num_replicas=trainer.world_size if trainer is not None else 1,
-            rank=trainer.global_rank if trainer is not None else 0,
         )
 
     def train_dataloader(self) -> Any:
         sets = self.datasets.get("train") or []
         if not sets:
             raise ValueError("no training data: set data.train (e.g. a 'synthetic' spec)")
+        self._train_samplers = []
         if len(sets) == 1:
-            return self._loader(sets[0][1], "train")
-        from lightning.pytorch.utilities import CombinedLoader
+            loader: Any = self._loader(sets[0][1], "train")
+        else:
+            from lightning.pytorch.utilities import CombinedLoader
 
-        return CombinedLoader(
-            {name: self._loader(ds, "train") for name, ds in sets}, mode=self.train_mode
-        )
+            loader = CombinedLoader(
+                {name: self._loader(ds, "train") for name, ds in sets}, mode=self.train_mode
+            )
+        self._apply_resume()
+        return loader
+
+    # ----------------------------------------------------------------- resumption
+    def _batches_consumed(self) -> int:
+        """Training batches of the current epoch the fit loop has taken (0 without a trainer)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the data (saved in every checkpoint): the epoch, the batches
+        of it consumed, and what the order depends on (checked on resume)."""
+        if not self._train_samplers:
+            return {}
+        return {
+            "epoch": self._train_samplers[0].epoch,
+            "batches": self._batches_consumed(),
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "lengths": [sampler.length for sampler in self._train_samplers],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Remember where a restored run starts; applied when the training loader is built."""
+        self._resume_at = dict(state_dict) if state_dict else None
+
+    def _apply_resume(self) -> None:
+        state, self._resume_at = self._resume_at, None
+        if not state:
+            return
+        if not self._train_samplers:
+            warnings.warn(
+                "resuming with an iterable training data set (e.g. webdataset shards): the run "
+                "continues from the saved step, but its samples start from the beginning of the "
+                "stream, so it will not match the uninterrupted run exactly",
+                stacklevel=2,
+            )
+            return
+        # Lightning cannot see that the position is restored here, and would warn otherwise
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended")
+        lengths = [sampler.length for sampler in self._train_samplers]
+        saved = (state.get("batch_size"), state.get("seed"), state.get("lengths"))
+        if saved != (self.batch_size, self.seed, lengths):
+            warnings.warn(
+                "resuming with other data settings than the checkpoint's (batch_size, seed, "
+                f"data set lengths: saved {saved}, now {(self.batch_size, self.seed, lengths)}): "
+                "the run continues from the saved step, but not with the batches the "
+                "uninterrupted run would have seen",
+                stacklevel=2,
+            )
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        per_epoch = [self._batches_per_epoch(sampler) for sampler in self._train_samplers]
+        # the epoch's length: the longest loader (max_size_cycle) or the shortest (min_size)
+        epoch_length = max(per_epoch) if self.train_mode == "max_size_cycle" else min(per_epoch)
+        for sampler, count in zip(self._train_samplers, per_epoch):
+            if batches >= epoch_length:  # saved after the epoch's last batch
+                sampler.resume_at(epoch + 1, 0)
+            else:  # a shorter loader cycles within the epoch
+                sampler.resume_at(epoch, (batches % max(1, count)) * self.batch_size)
+
+    def _batches_per_epoch(self, sampler: EpochSampler) -> int:
+        full, rest = divmod(len(sampler), self.batch_size)
+        return full if self.drop_last or not rest else full + 1
 
     def val_dataloader(self) -> Any:
         return [self._loader(ds, "val") for _, ds in self.datasets.get("val") or []]
 
     def test_dataloader(self) -> Any:
         return [self._loader(ds, "test") for _, ds in self.datasets.get("test") or []]
+
+    # ----------------------------------------------------------------- skipped samples
+    def skipped_samples(self) -> list[dict[str, Any]]:
+        """Per data set that skipped samples: its name, counts by reason and recent failures."""
+        out, seen = [], set()
+        for split, sets in self.datasets.items():
+            for name, dataset in sets:
+                tracker = getattr(dataset, "tracker", None)
+                if tracker is None or id(tracker) in seen or not tracker.failed:
+                    continue
+                seen.add(id(tracker))
+                out.append(
+                    {
+                        "split": split,
+                        "dataset": name,
+                        "seen": tracker.seen,
+                        "skipped": tracker.failed,
+                        "by_reason": {k: v for k, v in tracker.counts.items() if k != "ok" and v},
+                        "first_paths": [
+                            {"path": p, "kind": k, "reason": r}
+                            for p, k, r in tracker.first_failures
+                        ],
+                        "summary": tracker.summary(),
+                    }
+                )
+        return out
+
+    def report_skipped(self, out_dir: str | Path | None) -> Path | None:
+        """Print the skipped-sample summary (if anything was skipped) to stderr and write it as
+        ``skipped_samples.json`` into ``out_dir``; returns the file written."""
+        import json
+        import sys
+
+        skipped = self.skipped_samples()
+        if not skipped:
+            return None
+        for entry in skipped:
+            print(f"[perceiver-vl] skipped samples: {entry['summary']}", file=sys.stderr)
+        if out_dir is None:
+            return None
+        path = Path(out_dir) / "skipped_samples.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(skipped, indent=2) + "\n", encoding="utf-8")
+        print(f"[perceiver-vl] skipped-sample summary written to {path}", file=sys.stderr)
+        return path
+
+    def teardown(self, stage: str) -> None:
+        """At the end of every fit / validate / test: the skipped-sample summary, printed and
+        written beside the run's outputs (``<default_root_dir>/skipped_samples.json``)."""
+        trainer = self.trainer
+        if trainer is not None and not trainer.is_global_zero:
+            return
+        self.report_skipped(trainer.default_root_dir if trainer is not None else None)
 
     def set_epoch(self, epoch: int) -> None:
         """Forward the epoch to data sets with per-epoch randomness."""

@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="32", choices=("32", "bf16"))
     parser.add_argument("--task", default="auto", choices=("auto", "retrieval", "qa", "mc"))
     parser.add_argument(
-        "--output", default=None, help="JSON path (default: <model>/eval_<split>.json)"
+        "--output",
+        default=None,
+        help="JSON path (default: eval_<model folder name>_<split>.json in the current folder; "
+        "the model folder is an input and is never written)",
     )
     parser.add_argument("--device", default="cpu")
 
@@ -59,7 +62,12 @@ def _data_module(path: str) -> Any:
     section = config.get("data", config)
     if isinstance(section, dict) and "init_args" in section:
         section = section["init_args"]
-    return PerceiverVLDataModule(**section)
+    if not isinstance(section, dict):
+        raise ValueError(f"--data {path!r}: the 'data' section must be a mapping of data options")
+    try:
+        return PerceiverVLDataModule(**section)
+    except TypeError as err:  # an option the data module does not have
+        raise ValueError(f"--data {path!r}: {err}; see `perceiver-vl fit --help`") from err
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -111,12 +119,14 @@ def run(args: argparse.Namespace) -> int:
             "(recall in %, ranks 1-based, ties count against the query)"
         )
         print(format_table(results))
-    out = Path(args.output) if args.output else Path(args.model) / f"eval_{args.split}.json"
+    default_name = f"eval_{Path(args.model).resolve().name}_{args.split}.json"
+    out = Path(args.output) if args.output else Path(default_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(out)
     print(f"wrote {out}", file=sys.stderr)
+    dm.report_skipped(out.parent)
     return 0
 
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.model.weights import load_torch_file
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
@@ -20,7 +19,13 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
             f"checkpoint={str(checkpoint)!r} does not exist; pass a .ckpt from "
             "<default_root_dir>/checkpoints (e.g. last.ckpt)"
         )
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_torch_file(checkpoint)
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise ValueError(
+            f"checkpoint={str(checkpoint)!r} is not a Lightning training checkpoint (no "
+            "'state_dict'); export takes a .ckpt written by `perceiver-vl fit` (e.g. "
+            "<default_root_dir>/checkpoints/last.ckpt)"
+        )
     if "perceiver_vl_config" in state:
         config = PerceiverVLConfig.from_dict(state["perceiver_vl_config"])
     else:

@@ -437,6 +437,13 @@ class PerceiverVLModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["perceiver_vl_config"] = self.model.config.to_dict()
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Training-time reliability: per-step seeding of the global RNGs (exact resumption,
+        :mod:`~perceiver_vl.train.resume`)."""
+        from .resume import StepSeeding
+
+        return [StepSeeding()]
+
     # ------------------------------------------------------------------ steps
     def _layerdrop_step(self, batch_idx: int) -> int:
         """One LayerDrop draw per micro-batch, identical on every rank and continued on resume."""

@@ -33,23 +33,25 @@ def write_video(
     fps: int = 25,
     keyint: int | None = None,
     bframes: bool = False,
+    container: str = "mp4",
 ) -> Path:
-    """Write an H.264 mp4 whose frame i shows `frame_pattern(i)`."""
+    """Write an H.264 video (``container``: mp4, avi, ...) whose frame i shows
+    `frame_pattern(i)`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     options = {"preset": "ultrafast", "crf": "10"}
     if keyint is not None:
         options["g"] = str(keyint)
     if bframes:
         options.update({"preset": "fast", "bf": "2"})
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps, options=options)
+    with av.open(str(path), "w", format=container) as output:
+        stream = output.add_stream("libx264", rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for i in range(num_frames):
             frame = av.VideoFrame.from_ndarray(frame_pattern(i, height, width), format="rgb24")
             for packet in stream.encode(frame):
-                container.mux(packet)
+                output.mux(packet)
         for packet in stream.encode():
-            container.mux(packet)
+            output.mux(packet)
     return path
 
 

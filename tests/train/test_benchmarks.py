@@ -115,9 +115,8 @@ def make_lsmdc(tmp: Path) -> None:
             targets.append(root / "videos" / clip.rsplit("_", 1)[0] / f"{clip}.avi")
         rows.append(["broken row without columns"])  # skipped and counted
         _tsv(root / "annotations" / name, None, rows)
-    # the released clips are .avi files; ours hold an H.264 mp4 stream (the decoder reads the
-    # container, not the name)
-    clip = _clip(tmp)
+    # the released clips are .avi files
+    clip = write_video(tmp / "_clip.avi", 12, width=40, height=32, container="avi")
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(clip.read_bytes())

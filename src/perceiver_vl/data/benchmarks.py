@@ -61,8 +61,8 @@ class LSMDC(MediaTextDataset):
     public test reported in papers): tab-separated, no header, columns ``clip_id,
     start_aligned, end_aligned, start_extracted, end_extracted, sentence``. Clips are at
     ``root/videos/<movie>/<clip_id>.avi`` where ``<movie>`` is the clip id up to its last
-    ``_`` (the layout of the released ``avi`` archives); another container with the same stem
-    is found too.
+    ``_`` (the layout of the released ``avi`` archives); for clips converted to another
+    container, name it with ``media_extension`` (a missing file is never replaced by another).
     """
 
     name = "lsmdc"
@@ -113,8 +113,8 @@ class ActivityNetCaptions(MediaTextDataset):
 
     Layout: ``root/annotations/{train,val_1,val_2}.json`` (the released files: ``{video_id:
     {"duration", "timestamps": [[start, end], ...], "sentences": [...]}}``) and
-    ``root/videos/<video_id>.mp4`` (ids keep their ``v_`` prefix; other containers are found by
-    stem). The sentences of a video are sorted by start time and joined into one paragraph.
+    ``root/videos/<video_id>.mp4`` (ids keep their ``v_`` prefix; other containers: set
+    ``media_extension``). The sentences of a video are sorted by start time and joined into one paragraph.
     ``split="test"`` reads ``val_1.json``, the split later work reports on (ActivityNet's test
     annotations are not public); ``val_2`` is available as a split of its own.
     """

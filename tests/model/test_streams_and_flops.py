@@ -157,6 +157,59 @@ def test_single_stream_scores_equal_one_forward_per_pair(blocks, residual):
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("aggregation", ["joint", "separate"])
+def test_pair_logits_equal_the_forward_of_gathered_pairs_in_training(aggregation):
+    """single_stream_pair_logits (items embedded and projected once, gathered per pair) is the
+    joint forward of each gathered pair: same logits and gradients, under LayerDrop, with
+    padded frames and tokens."""
+    torch.manual_seed(0)
+    config = tiny_config(modality_aggregation=aggregation, layerdrop=0.5, dropout=0.0)
+    model = PerceiverVL(config).train()  # no dropout: the two calls must draw alike
+    video, _, _ = make_inputs(batch=3, frames=3)
+    vmask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    _, ids, mask = make_inputs(batch=4, length=6, seed=3)
+    mask[1, 4:] = False
+    v_idx = torch.tensor([0, 1, 2, 0, 1, 2, 1])
+    t_idx = torch.tensor([0, 0, 0, 3, 2, 1, 1])
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step in range(4):  # LayerDrop keeps different blocks on different steps
+        fast = model.single_stream_pair_logits(
+            video=video, video_mask=vmask, text_ids=ids, text_mask=mask,
+            visual_index=v_idx, text_index=t_idx, layerdrop_step=step,
+        )  # fmt: skip
+        slow = model(
+            video=video[v_idx], video_mask=vmask[v_idx], text_ids=ids[t_idx],
+            text_mask=mask[t_idx], layerdrop_step=step,
+        ).matching_logits  # fmt: skip
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+        weights = torch.linspace(-1, 1, fast.shape[0])
+        g_fast = torch.autograd.grad((fast * weights).sum(), params, allow_unused=True)
+        g_slow = torch.autograd.grad((slow * weights).sum(), params, allow_unused=True)
+        for a, b in zip(g_fast, g_slow, strict=True):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_pair_logits_check_their_indices(tiny_model):
+    video, ids, _ = make_inputs(batch=2)
+    with pytest.raises(ValueError, match="visual_index values must lie in"):
+        tiny_model.single_stream_pair_logits(
+            video=video, text_ids=ids, visual_index=torch.tensor([0, 2]),
+            text_index=torch.tensor([0, 1]),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="same, positive number of pairs"):
+        tiny_model.single_stream_pair_logits(
+            video=video, text_ids=ids, visual_index=torch.tensor([0, 1, 1]),
+            text_index=torch.tensor([0, 1]),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="text_index must be a 1-D integer tensor"):
+        tiny_model.single_stream_pair_logits(
+            video=video, text_ids=ids, visual_index=torch.tensor([0, 1]),
+            text_index=torch.tensor([0.0, 1.0]),
+        )  # fmt: skip
+
+
 def test_single_stream_scores_images_and_fallback():
     from perceiver_vl.model.streams import single_stream_scores
 

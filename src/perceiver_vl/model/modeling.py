@@ -463,6 +463,55 @@ class PerceiverVL(nn.Module):
 
         return single_stream_logits(self, **inputs)
 
+    def single_stream_pair_logits(
+        self,
+        *,
+        video: Tensor | None = None,
+        video_mask: Tensor | None = None,
+        images: Tensor | None = None,
+        text_ids: Tensor,
+        text_mask: Tensor | None = None,
+        visual_index: Tensor,
+        text_index: Tensor,
+        cross_attention_layers: Any = None,
+        layerdrop_step: int | None = None,
+    ) -> Tensor:
+        """Single-stream matching logits (P,) of the pairs (visual item ``visual_index[p]``,
+        text ``text_index[p]``), each encoded jointly as in ``forward``.
+
+        The B_v visual items and B_t texts are embedded once and their keys/values projected
+        once per cross-attention block, then gathered per pair; the result equals
+        ``forward(video=video[visual_index], text_ids=text_ids[text_index], ...)`` (to float
+        rounding) at a fraction of its cost when items recur, as when each caption is scored
+        against k + 1 candidate videos in retrieval training.
+        """
+        visual_inputs = self._check_inputs(video, video_mask, images, None, None)
+        text_inputs = self._check_inputs(None, None, None, text_ids, text_mask)
+        for name, index, size in (
+            ("visual_index", visual_index, visual_inputs.batch_size),
+            ("text_index", text_index, text_inputs.batch_size),
+        ):
+            if (
+                not isinstance(index, Tensor)
+                or index.dim() != 1
+                or index.is_floating_point()
+                or index.dtype == torch.bool
+            ):
+                raise ValueError(f"{name} must be a 1-D integer tensor, got {_describe(index)}")
+            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
+                raise ValueError(f"{name} values must lie in [0, {size}), the number of items")
+        if visual_index.shape != text_index.shape or visual_index.numel() == 0:
+            raise ValueError(
+                "visual_index and text_index must name the same, positive number of pairs, got "
+                f"{tuple(visual_index.shape)} and {tuple(text_index.shape)}"
+            )
+        blocks = self.select_cross_attention_blocks(cross_attention_layers, layerdrop_step)
+        visual, _ = self._contexts(visual_inputs)
+        _, text = self._contexts(text_inputs)
+        latents = self.encoder(visual, text, blocks, pairs=(visual_index, text_index))
+        states = self.decoder(self.decoder.matching_queries(visual_index.shape[0]), latents)
+        return self.matching_head(states[:, 0])
+
     def multi_stream_scores(self, visual_latents: Tensor, text_latents: Tensor) -> Tensor:
         """(num_texts, num_visual) dot products of the multi-stream embeddings."""
         from .streams import multi_stream_scores

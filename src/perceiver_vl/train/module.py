@@ -747,13 +747,14 @@ class PerceiverVLModule(pl.LightningModule):
             if stream == "mixed":
                 logits = model.mixed_stream_logits(visual_latents[v_idx], text_latents[t_idx])
             else:
-                out = model(
-                    **visual_inputs(batch, v_idx),
-                    text_ids=ids[t_idx],
-                    text_mask=None if mask is None else mask[t_idx],
+                logits = model.single_stream_pair_logits(
+                    **visual_inputs(batch),
+                    text_ids=ids,
+                    text_mask=mask,
+                    visual_index=v_idx,
+                    text_index=t_idx,
                     layerdrop_step=layerdrop_step,
                 )
-                logits = out.matching_logits
             logits = logits.float().view(size, k1)
             target = torch.zeros(size, dtype=torch.long, device=ids.device)
             total = total + F.cross_entropy(logits, target)

@@ -101,11 +101,11 @@ class DemoSettings:
         )
     )
     batch_size: int = 64
-    pretrain_steps: int = 400
+    pretrain_steps: int = 500
     pretrain_lr: float = 1e-3
     mlm_probability: float = 0.5
     pretrain_matching_weight: float = 0.03
-    finetune_steps: int = 300
+    finetune_steps: int = 450
     finetune_lr: float = 1e-3
     finetune_objectives: tuple[str, ...] = ("retrieval", "contrastive")
     retrieval_streams: tuple[str, ...] = ("single", "mixed")

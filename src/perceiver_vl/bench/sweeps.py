@@ -34,13 +34,15 @@ from torch import Tensor, nn
 
 from perceiver_vl.flops import count_flops, count_flops_of
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.model.streams import StreamMode, single_stream_scores
 
 from .baseline import JointTransformer
 from .matmul import MatmulThroughput, matmul_throughput
 from .measure import DTYPES, inference_context, peak_memory_mb, time_callable
 
 MODELS: tuple[str, ...] = ("perceiver-vl", "joint")
-MODES: tuple[str, ...] = ("forward", "single", "multi", "mixed")
+# "forward": one forward of aligned pairs; the stream modes score all n x n pairs
+MODES: tuple[str, ...] = ("forward", StreamMode.SINGLE, StreamMode.MULTI, StreamMode.MIXED)
 SWEEPS: tuple[str, ...] = ("frames", "image-size", "latents", "blocks", "streams")
 
 #: Keys every row has (the documented JSON schema).
@@ -119,7 +121,7 @@ class BenchCase:
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         if self.mode != "forward" and self.model != "perceiver-vl":
             raise ValueError(
                 f"mode={self.mode!r} (retrieval scoring) is measured for perceiver-vl only; "
@@ -253,7 +255,7 @@ def sweep_cases(
         return [
             BenchCase(mode=mode, batch=n, dtype=d, sweep=name)
             for d in dtypes
-            for mode in ("multi", "mixed", "single")
+            for mode in (StreamMode.MULTI, StreamMode.MIXED, StreamMode.SINGLE)
             for n in stream_sizes
         ]
     raise ValueError(f"unknown sweep {name!r}; choose from {SWEEPS}")
@@ -335,9 +337,7 @@ def _call_for(case: BenchCase, model: nn.Module, inputs: dict[str, Tensor]) -> C
     if case.mode == "forward":
         return lambda: model(**inputs, cross_attention_layers=layers)
     video, text_ids, text_mask = inputs["video"], inputs["text_ids"], inputs["text_mask"]
-    if case.mode == "single":
-        from perceiver_vl.model.streams import single_stream_scores
-
+    if case.mode == StreamMode.SINGLE:
         return lambda: single_stream_scores(
             model,
             text_ids=text_ids,
@@ -351,7 +351,7 @@ def _call_for(case: BenchCase, model: nn.Module, inputs: dict[str, Tensor]) -> C
         t = model.encode(text_ids=text_ids, text_mask=text_mask, cross_attention_layers=layers)
         return v, t
 
-    if case.mode == "multi":
+    if case.mode == StreamMode.MULTI:
         return lambda: model.multi_stream_scores(*encode_both())
     return lambda: model.mixed_stream_scores(*encode_both())
 

@@ -24,10 +24,10 @@ import torch
 from perceiver_vl.data import CachedClips, CaptionDataset, Tokenizer
 from perceiver_vl.data.synthetic import generate_benchmark
 from perceiver_vl.model import PerceiverVL
+from perceiver_vl.model.streams import STREAM_MODES as MODES
+from perceiver_vl.model.streams import StreamMode
 
 from .recipe import DemoSettings
-
-MODES = ("single", "multi", "mixed", "rerank")
 
 
 @dataclass
@@ -411,8 +411,12 @@ def run_demo(
         result = {}
         for name, blocks in (("all", list(range(num_blocks))), ("first", [0])):
             res = evaluate_retrieval(
-                model, data, modes=("mixed",), cross_attention_layers=blocks, precision="bf16"
-            )["mixed"]
+                model,
+                data,
+                modes=(StreamMode.MIXED,),
+                cross_attention_layers=blocks,
+                precision="bf16",
+            )[StreamMode.MIXED]
             result[name] = {
                 "cross_attention_layers": blocks,
                 "t2v_r1": res["t2v_r1"],
@@ -468,7 +472,7 @@ def run_demo(
                 out / "index", model_dir, data_root / "test.jsonl", progress=progress
             )
             query = captions[0]
-            hits = index.search(query, k=5, mode="rerank")
+            hits = index.search(query, k=5, mode=StreamMode.RERANK)
             return {
                 "query": query,
                 "hits": [

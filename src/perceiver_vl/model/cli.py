@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from .config import PerceiverVLConfig
+from .flops import count_flops
 from .modeling import PerceiverVL
-from .weights import ConversionReport, load_official_checkpoint
+from .weights import ConversionReport
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -76,8 +77,6 @@ def run_for(command: str, args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .flops import count_flops
-
     model = (
         PerceiverVL.from_pretrained(args.model) if args.model else PerceiverVL(PerceiverVLConfig())
     )
@@ -144,7 +143,7 @@ def _fit_input_to_model(args: argparse.Namespace, cfg: PerceiverVLConfig) -> Non
 
 def _convert(args: argparse.Namespace) -> int:
     report = ConversionReport()
-    model = load_official_checkpoint(
+    model = PerceiverVL.from_official_checkpoint(
         args.checkpoint,
         num_heads=args.num_heads,
         cross_attention_schedule=args.cross_attention_schedule,

@@ -6,6 +6,10 @@ Query arrays:
   masked prediction target, 1 = not a target). Token embeddings never reach the decoder.
 Several tasks' queries are concatenated into one decoder call; queries do not attend to each
 other, so each query's output is the same whatever else is decoded with it.
+
+The mixed stream's factorised form lives here too: :meth:`QueryDecoder.cls_summary` summarises
+the [CLS] query's attention over one item's latents, :meth:`QueryDecoder.cls_states` turns two
+items' summaries into the [CLS] state over their concatenated latents (see split_attention).
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ from torch import Tensor, nn
 
 from .attention import CrossAttentionBlock, expand_batch
 from .config import PerceiverVLConfig
+from .split_attention import AttentionSummary, merge, summarize
 
 
 class QueryDecoder(nn.Module):
+    """Task queries (matching [CLS], masked-LM) -> one cross-attention block over the latents
+    -> LayerNorm."""
+
     def __init__(self, config: PerceiverVLConfig) -> None:
         super().__init__()
         d = config.hidden_size
@@ -53,3 +61,21 @@ class QueryDecoder(nn.Module):
     ) -> Tensor:
         """queries: (B, Q, D); latents: (B, N', D); latent_mask: (B, N') bool -> (B, Q, D)."""
         return self.norm(self.block(queries.to(latents.dtype), latents, latent_mask))
+
+    def cls_summary(self, latents: Tensor) -> AttentionSummary:
+        """The [CLS] query's attention over each item's latents (n, N, D), summarised:
+        lse (n, heads, 1), values (n, heads, 1, head_dim). Keys and values are projected once
+        per item, whatever the number of pairs it is later scored in."""
+        block = self.block
+        keys, values = block.attn.project_kv(latents)
+        return summarize(block.attn, block.norm1(self.cls_query.to(latents.dtype)), keys, values)
+
+    def cls_states(self, first: AttentionSummary, second: AttentionSummary) -> Tensor:
+        """The [CLS] decoder state (..., D) when the query reads ``concat(first item's latents,
+        second item's latents)``, from the two items' :meth:`cls_summary` outputs (which
+        broadcast against each other over their leading dimensions). Equals
+        ``forward(matching_queries(B), concat(z_1, z_2))[:, 0]`` up to float rounding."""
+        block = self.block
+        cls = self.cls_query.to(first.values.dtype).view(1, -1)  # (Q = 1, D)
+        attended = merge(block.attn, first, second)  # (..., 1, D)
+        return self.norm(block.finish(cls, block.norm1(cls), attended))[..., 0, :]

@@ -8,7 +8,7 @@ the modality aggregation variants (§4.1) and LayerDrop on cross-attention (§3.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,8 @@ from .config import PerceiverVLConfig
 
 # (normalised array (B, M_i, D), key mask (B, M_i) bool or None) for one modality
 Context = tuple[Tensor, Tensor | None]
+# (block index j, source "joint" | "visual" | "text", latents (B, N, D)) -> latents after block j
+CrossAttend = Callable[[int, str, Tensor], Tensor]
 
 
 def layerdrop_decisions(
@@ -166,26 +168,50 @@ class LatentEncoder(nn.Module):
             contexts["joint"] = concat_contexts(present)
         batch = present[0][0].shape[0] if pairs is None else pairs[0].shape[0]
         x = self.initial_latents(batch).to(present[0][0].dtype)
+
+        def cross_attend(j: int, source: str, x: Tensor) -> Tensor:
+            if pairs is not None:
+                block = self.cross_attention_blocks[j]
+                return block.forward_projected(x, *_paired_keys(block, visual, text, pairs))
+            context = contexts[source]
+            if context is None:
+                return x
+            block = (
+                self.text_cross_attention_blocks[j]
+                if source == "text"
+                else self.cross_attention_blocks[j]
+            )
+            return block(x, context[0], context[1])
+
+        return self.run(x, blocks, cross_attend)
+
+    def run(
+        self,
+        x: Tensor,
+        blocks: Sequence[int],
+        cross_attend: CrossAttend,
+        *,
+        start_layer: int = 0,
+        stop_layer: int | None = None,
+    ) -> Tensor:
+        """The encoder loop: the cross-attention schedule over the latent self-attention stack.
+
+        Runs self-attention layers ``start_layer`` .. ``stop_layer - 1`` (default: to the last)
+        on the latents ``x`` (B, N, D). Before layer ``i``, every cross-attention block ``j``
+        that ``plan[i]`` schedules there and that ``blocks`` names updates the latents as
+        ``x = cross_attend(j, source, x)``, ``source`` being the input it reads (``"joint"``,
+        ``"visual"`` or ``"text"``, by the aggregation variant). Running to the last layer ends
+        with the final LayerNorm. ``forward`` is this loop with the blocks reading the input
+        array; other callers (the all-pairs single stream) supply their own ``cross_attend``.
+        """
         run = set(blocks)
-        for i, self_block in enumerate(self.self_attention_blocks):
+        depth = len(self.self_attention_blocks)
+        for i in range(start_layer, depth if stop_layer is None else stop_layer):
             for j, source in self.plan.get(i, ()):
-                if j not in run:
-                    continue
-                if pairs is not None:
-                    block = self.cross_attention_blocks[j]
-                    x = block.forward_projected(x, *_paired_keys(block, visual, text, pairs))
-                    continue
-                context = contexts[source]
-                if context is None:
-                    continue
-                block = (
-                    self.text_cross_attention_blocks[j]
-                    if source == "text"
-                    else self.cross_attention_blocks[j]
-                )
-                x = block(x, context[0], context[1])
-            x = self_block(x)
-        return self.norm(x)
+                if j in run:
+                    x = cross_attend(j, source, x)
+            x = self.self_attention_blocks[i](x)
+        return self.norm(x) if stop_layer is None else x
 
 
 def _gather(context: Context, index: Tensor) -> Context:

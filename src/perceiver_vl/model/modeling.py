@@ -14,7 +14,16 @@ from .config import PerceiverVLConfig, check_cross_attention_blocks
 from .decoder import QueryDecoder
 from .embeddings import TextEmbedding, VisualEmbedding
 from .encoder import Context, LatentEncoder, layerdrop_decisions
-from .heads import ClassificationHead, ContrastiveHead, MatchingHead, MLMHead
+from .heads import ClassificationHead, ContrastiveHead, MatchingHead, MLMHead, no_autocast
+from .split_attention import AttentionSummary
+from .weights import (
+    ConversionReport,
+    load_official_state,
+    load_pretrained_state,
+    read_official_checkpoint,
+    read_pretrained,
+    save_pretrained,
+)
 
 
 @dataclass
@@ -86,6 +95,13 @@ def _check_device(tensor: Any, name: str) -> None:
             f"{name} is on the 'meta' device (shape only, no data); pass a real tensor, e.g. "
             f"{name}.to_empty(device='cpu') filled with data"
         )
+
+
+def _check_latents(model: PerceiverVL, latents: Tensor, name: str) -> None:
+    d = model.config.hidden_size
+    if not isinstance(latents, Tensor) or latents.dim() != 3 or latents.shape[-1] != d:
+        got = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
+        raise ValueError(f"{name} must be latents (B, N, {d}) from model.encode(...), got {got}")
 
 
 def _describe(t: Any) -> str:
@@ -283,6 +299,21 @@ class PerceiverVL(nn.Module):
             text = (self.encoder.input_norm(tokens), mask)
         return visual, text
 
+    def embed_inputs(
+        self,
+        *,
+        video: Tensor | None = None,
+        video_mask: Tensor | None = None,
+        images: Tensor | None = None,
+        text_ids: Tensor | None = None,
+        text_mask: Tensor | None = None,
+    ) -> tuple[Context | None, Context | None]:
+        """The encoder's input array per modality, checked as ``forward`` checks its inputs:
+        (visual, text), each (normalised tokens (B, M_i, D), key mask (B, M_i) bool or None),
+        or None for an absent modality. The hook for scorers that drive the encoder loop
+        themselves (:meth:`~perceiver_vl.model.encoder.LatentEncoder.run`)."""
+        return self._contexts(self._check_inputs(video, video_mask, images, text_ids, text_mask))
+
     # ------------------------------------------------------------------------------------------
     # Cross-attention block selection (inference choice or LayerDrop)
     # ------------------------------------------------------------------------------------------
@@ -451,17 +482,20 @@ class PerceiverVL(nn.Module):
         return out
 
     # ------------------------------------------------------------------------------------------
-    # Retrieval streams (see streams.py)
+    # Retrieval streams (paper §3.5; the modes and the all-pairs single stream: streams.py)
     # ------------------------------------------------------------------------------------------
     def embed(self, latents: Tensor, modality: str) -> Tensor:
         """Multi-stream embedding of latents (B, N, D) -> unit vectors (B, E)."""
         return self.contrastive_head(latents, modality)
 
     def single_stream_logits(self, **inputs: Any) -> Tensor:
-        """Matching logits (B,) for aligned (visual, text) pairs, encoded jointly."""
-        from .streams import single_stream_logits
-
-        return single_stream_logits(self, **inputs)
+        """Matching logits (B,) for aligned (visual, text) pairs, encoded jointly (``forward``)."""
+        out = self(**inputs)
+        if out.matching_logits is None:
+            raise ValueError(
+                "single-stream scoring needs a visual input (video=/images=) and text_ids="
+            )
+        return out.matching_logits
 
     def single_stream_pair_logits(
         self,
@@ -513,40 +547,88 @@ class PerceiverVL(nn.Module):
         return self.matching_head(states[:, 0])
 
     def multi_stream_scores(self, visual_latents: Tensor, text_latents: Tensor) -> Tensor:
-        """(num_texts, num_visual) dot products of the multi-stream embeddings."""
-        from .streams import multi_stream_scores
-
-        return multi_stream_scores(self, visual_latents, text_latents)
+        """(num_texts, num_visual) cosine similarities of the multi-stream embeddings."""
+        _check_latents(self, visual_latents, "visual_latents")
+        _check_latents(self, text_latents, "text_latents")
+        text, visual = self.embed(text_latents, "text"), self.embed(visual_latents, "visual")
+        with no_autocast(text.device.type):  # bf16 scores would tie (see heads.full_precision)
+            return text @ visual.T
 
     def mixed_stream_logits(self, visual_latents: Tensor, text_latents: Tensor) -> Tensor:
-        """Matching logits (B,) for aligned pairs of precomputed latents."""
-        from .streams import mixed_stream_logits
+        """Matching logits (B,) of aligned pairs of precomputed latents: the decoder [CLS] query
+        reads concat(z_V, z_T) (2N keys)."""
+        _check_latents(self, visual_latents, "visual_latents")
+        _check_latents(self, text_latents, "text_latents")
+        if visual_latents.shape[0] != text_latents.shape[0]:
+            raise ValueError(
+                f"aligned pairs need equal batch sizes: visual_latents has "
+                f"{visual_latents.shape[0]}, text_latents {text_latents.shape[0]} (use "
+                "mixed_stream_scores for all pairs)"
+            )
+        memory = torch.cat([visual_latents, text_latents], dim=1)
+        states = self.decoder(self.decoder.matching_queries(memory.shape[0]), memory)
+        return self.matching_head(states[:, 0])
 
-        return mixed_stream_logits(self, visual_latents, text_latents)
+    def mixed_stream_summary(self, latents: Tensor) -> AttentionSummary:
+        """The per-item factor of the mixed stream: the decoder [CLS] query's attention over
+        each item's latents (n, N, D), summarised (see :mod:`.split_attention`). The search
+        index stores it per video."""
+        _check_latents(self, latents, "latents")
+        return self.decoder.cls_summary(latents)
+
+    def mixed_stream_scores_from_summaries(
+        self, visual: AttentionSummary, text: AttentionSummary, *, chunk_size: int = 1024
+    ) -> Tensor:
+        """(num_texts, num_visual) mixed-stream logits from :meth:`mixed_stream_summary` of the
+        visual items and of the texts; ``chunk_size`` bounds the pairs decoded at once."""
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        n_visual, n_text = visual.lse.shape[0], text.lse.shape[0]
+        every_visual = AttentionSummary(visual.lse[None], visual.values[None])
+        rows = max(1, chunk_size // max(1, n_visual))
+        out = []
+        for start in range(0, n_text, rows):
+            part = AttentionSummary(
+                text.lse[start : start + rows, None], text.values[start : start + rows, None]
+            )
+            out.append(self.matching_head(self.decoder.cls_states(every_visual, part)))
+        return torch.cat(out, dim=0)
 
     def mixed_stream_scores(
         self, visual_latents: Tensor, text_latents: Tensor, *, chunk_size: int = 1024
     ) -> Tensor:
-        """(num_texts, num_visual) mixed-stream matching logits for every pair."""
-        from .streams import mixed_stream_scores
+        """(num_texts, num_visual) mixed-stream matching logits for every (text, visual) pair.
 
-        return mixed_stream_scores(self, visual_latents, text_latents, chunk_size=chunk_size)
+        Equals :meth:`mixed_stream_logits` on every pair (up to float rounding) at the cost of
+        one key/value projection per item: the [CLS] query is the same for every pair, so its
+        attention over concat(z_V, z_T) splits into a per-visual and a per-text summary
+        (:meth:`mixed_stream_summary`); each pair then costs the output projection, the decoder
+        MLP and the head. ``chunk_size`` bounds the pairs processed at once (memory ~
+        chunk_size x D).
+        """
+        _check_latents(self, visual_latents, "visual_latents")
+        _check_latents(self, text_latents, "text_latents")
+        return self.mixed_stream_scores_from_summaries(
+            self.decoder.cls_summary(visual_latents),
+            self.decoder.cls_summary(text_latents),
+            chunk_size=chunk_size,
+        )
 
     # ------------------------------------------------------------------------------------------
-    # Weights (see weights.py)
+    # Weights (the file formats: weights.py)
     # ------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors`` to ``directory`` (atomically)."""
-        from .weights import save_pretrained
-
         return save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, map_location: str = "cpu") -> PerceiverVL:
-        """Load a model written by :meth:`save_pretrained`."""
-        from .weights import load_pretrained
-
-        return load_pretrained(directory, map_location=map_location)
+        """Load a model written by :meth:`save_pretrained` (checksum, config and shapes
+        verified), in eval mode."""
+        files = read_pretrained(directory, map_location=map_location)
+        model = cls(files.config)
+        load_pretrained_state(model, files)
+        return model.eval()
 
     @classmethod
     def from_official_checkpoint(
@@ -554,15 +636,20 @@ class PerceiverVL(nn.Module):
         path_or_state_dict: str | Path | dict[str, Tensor],
         num_heads: int | None = None,
         cross_attention_schedule: tuple[int, ...] | None = None,
+        *,
+        report: ConversionReport | None = None,
     ) -> PerceiverVL:
-        """Load the authors' released checkpoint (``.ckpt`` or a state dict in its layout)."""
-        from .weights import load_official_checkpoint
-
-        return load_official_checkpoint(
+        """Load the authors' released checkpoint (``.ckpt`` or a state dict in its layout); runs
+        only the first cross-attention block at inference by default (blocks 2+ were never
+        trained: see the spec). ``report`` collects what was loaded, ignored and left out."""
+        config, state = read_official_checkpoint(
             path_or_state_dict,
             num_heads=num_heads,
             cross_attention_schedule=cross_attention_schedule,
         )
+        model = cls(config)
+        load_official_state(model, state, report=report)
+        return model.eval()
 
     def with_num_latents(self, num_latents: int, method: str = "fresh") -> PerceiverVL:
         """A copy of this model with a latent array of ``num_latents`` (paper §5.2.2, Fig. 5).

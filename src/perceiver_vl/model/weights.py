@@ -1,10 +1,15 @@
 """Weights in and out: our safetensors format, the authors' released checkpoint, ViT initialisation.
 
-- ``save_pretrained`` / ``load_pretrained``: ``config.json`` + ``model.safetensors``, written
-  atomically (a crash never leaves a half-written file under the final name).
-- ``convert_official_state_dict`` / ``load_official_checkpoint``: the released PyTorch Lightning
-  checkpoint (``ckpt["state_dict"]``), config read off the tensor shapes, loaded with
-  ``weights_only=True``.
+This module reads and writes files and fills a model it is given; it never builds one (the
+model's ``from_pretrained`` / ``from_official_checkpoint`` do, from what it reads), so it sits
+below ``modeling`` in the package's import order.
+
+- ``save_pretrained`` / ``read_pretrained`` + ``load_pretrained_state``: ``config.json`` +
+  ``model.safetensors``, written atomically (a crash never leaves a half-written file under the
+  final name).
+- ``convert_official_state_dict`` / ``read_official_checkpoint`` + ``load_official_state``: the
+  released PyTorch Lightning checkpoint (``ckpt["state_dict"]``), config read off the tensor
+  shapes, loaded with ``weights_only=True``.
 - ``load_vit_weights``: a timm-layout ViT state dict (``.safetensors``, ``.pth``) or the original
   ``.npz`` into the patch projection, position table, frame token and self-attention layers.
 """
@@ -23,16 +28,12 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import PerceiverVLConfig
 from .embeddings import resize_position_grid
-
-if TYPE_CHECKING:
-    from .modeling import PerceiverVL
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -105,11 +106,11 @@ def load_safetensors(
     return state, metadata
 
 
-def save_pretrained(model: PerceiverVL, directory: str | Path) -> Path:
+def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``directory``; returns it.
 
     The safetensors metadata records the config (``perceiver_vl_config``) and a SHA-256 of the
-    tensors (``sha256``, see :func:`state_checksum`); :func:`load_pretrained` verifies both."""
+    tensors (``sha256``, see :func:`state_checksum`); :func:`read_pretrained` verifies both."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -148,14 +149,22 @@ def _check_against_saved_config(
         )
 
 
-def load_pretrained(directory: str | Path, *, map_location: str = "cpu") -> PerceiverVL:
-    """Load a model from a directory written by :func:`save_pretrained`.
+@dataclass
+class PretrainedFiles:
+    """What :func:`read_pretrained` found in a model directory (already verified)."""
 
-    Verified on the way: the tensors' checksum (a flipped bit is refused), config.json against
-    the config recorded with the weights, and every tensor's shape against config.json.
-    Directories written before checksums existed load with a warning."""
-    from .modeling import PerceiverVL
+    config: PerceiverVLConfig
+    state: dict[str, Tensor]
+    config_path: Path
+    weights_path: Path
 
+
+def read_pretrained(directory: str | Path, *, map_location: str = "cpu") -> PretrainedFiles:
+    """Read a directory written by :func:`save_pretrained`.
+
+    Verified on the way: the tensors' checksum (a flipped bit is refused) and config.json against
+    the config recorded with the weights. Directories written before checksums existed load with
+    a warning. :func:`load_pretrained_state` then checks every tensor's shape against the model."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if directory.is_file():
@@ -177,7 +186,7 @@ def load_pretrained(directory: str | Path, *, map_location: str = "cpu") -> Perc
             f"{str(weights_path)!r} carries no checksum (written before perceiver-vl recorded "
             "one): its integrity and its match with config.json cannot be verified; save it "
             "again with save_pretrained to add one",
-            stacklevel=2,
+            stacklevel=3,
         )
     elif state_checksum(state) != expected:
         raise ValueError(
@@ -185,26 +194,25 @@ def load_pretrained(directory: str | Path, *, map_location: str = "cpu") -> Perc
             "damaged copy or an edit); re-copy or re-export the model"
         )
     _check_against_saved_config(config, metadata, config_path, weights_path)
-    model = PerceiverVL(config)
+    return PretrainedFiles(config, state, config_path, weights_path)
+
+
+def load_pretrained_state(model: nn.Module, files: PretrainedFiles) -> None:
+    """Fill ``model`` (built from ``files.config``) with ``files.state``: every tensor must
+    exist in the model with its shape, and every weight must be finite."""
     own = model.state_dict()
     bad = [
         f"{k}: file {tuple(v.shape)} vs config {tuple(own[k].shape)}"
-        for k, v in state.items()
+        for k, v in files.state.items()
         if k in own and own[k].shape != v.shape
     ]
+    where = f"{str(files.weights_path)!r} does not match {str(files.config_path)!r}"
     if bad:
-        raise ValueError(
-            f"{str(weights_path)!r} does not match {str(config_path)!r}: " + "; ".join(bad[:8])
-        )
-    missing, unexpected = model.load_state_dict(state, strict=False)
+        raise ValueError(f"{where}: " + "; ".join(bad[:8]))
+    missing, unexpected = model.load_state_dict(files.state, strict=False)
     if missing or unexpected:
-        raise ValueError(
-            f"{str(weights_path)!r} does not match {str(config_path)!r}: missing {missing[:8]}, "
-            f"unexpected {unexpected[:8]}"
-        )
-    check_finite_weights(model, str(weights_path))
-    model.eval()
-    return model
+        raise ValueError(f"{where}: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    check_finite_weights(model, str(files.weights_path))
 
 
 def check_finite_weights(model: torch.nn.Module, source: str) -> None:
@@ -433,17 +441,14 @@ def convert_official_state_dict(
     return out, ignored
 
 
-def load_official_checkpoint(
+def read_official_checkpoint(
     path_or_state_dict: str | Path | Mapping[str, Tensor],
     *,
     num_heads: int | None = None,
     cross_attention_schedule: tuple[int, ...] | None = None,
-    report: ConversionReport | None = None,
-) -> PerceiverVL:
-    """Build a model from the released checkpoint; runs only the first cross-attention block at
-    inference by default (blocks 2+ were never trained: see the spec)."""
-    from .modeling import PerceiverVL
-
+) -> tuple[PerceiverVLConfig, dict[str, Tensor]]:
+    """(config read off the tensor shapes, the released-layout state dict) of the authors'
+    checkpoint: a ``.ckpt`` path or a state dict (Lightning's ``state_dict`` wrapper allowed)."""
     if isinstance(path_or_state_dict, (str, Path)):
         state = read_checkpoint_file(path_or_state_dict)
     elif isinstance(path_or_state_dict, Mapping):
@@ -459,7 +464,14 @@ def load_official_checkpoint(
     config = official_config(
         state, num_heads=num_heads, cross_attention_schedule=cross_attention_schedule
     )
-    model = PerceiverVL(config)
+    return config, state
+
+
+def load_official_state(
+    model: nn.Module, state: Mapping[str, Tensor], *, report: ConversionReport | None = None
+) -> None:
+    """Convert a released-layout ``state`` and load it into ``model`` (built from the config
+    :func:`read_official_checkpoint` read); ``report`` receives what was loaded and ignored."""
     converted, ignored = convert_official_state_dict(state)
     own = model.state_dict()
     bad_shapes = [
@@ -483,8 +495,6 @@ def load_official_checkpoint(
         report.loaded = sorted(k for k in converted if k in own)
         report.not_loaded = sorted(missing)
         report.ignored = sorted(ignored + unexpected)
-    model.eval()
-    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,7 +561,7 @@ def read_vit_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def load_vit_weights(
-    model: PerceiverVL, source: str | Path | Mapping[str, Tensor], *, load_final_norm: bool = True
+    model: nn.Module, source: str | Path | Mapping[str, Tensor], *, load_final_norm: bool = True
 ) -> ConversionReport:
     """Initialise the patch projection, position table (resized), frame token and the latent
     self-attention layers from a ViT (timm names). Cross-attention blocks stay random.

@@ -22,20 +22,21 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, overload
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from perceiver_vl.model import PerceiverVL
+from perceiver_vl.model.streams import LATENT_MODES, StreamMode, stream_mode
 
 from . import ann, media, storage
 from .rerank import attention_summary, mixed_scores_from_summaries
 from .storage import CorruptIndexError, ModelMismatchError
 
-SearchMode = Literal["multi", "mixed", "rerank"]
-SEARCH_MODES: tuple[str, ...] = ("multi", "mixed", "rerank")
+# the stream modes a search can use: those that score from the stored latents
+SEARCH_MODES: tuple[StreamMode, ...] = LATENT_MODES
 DEFAULT_SHORTLIST = 100
 #: Shortlist search: ``exact`` (torch mat-vec), ``faiss`` (faiss flat, exact), ``ann`` (product-
 #: quantised codes + exact re-score, see :mod:`perceiver_vl.retrieval.ann`), ``auto`` (``ann`` from
@@ -869,7 +870,7 @@ class RetrievalIndex:
         self,
         texts: str,
         k: int = 10,
-        mode: SearchMode = "rerank",
+        mode: StreamMode | str = StreamMode.RERANK,
         *,
         shortlist: int = ...,
         cross_attention_layers: Sequence[int] | None = ...,
@@ -880,7 +881,7 @@ class RetrievalIndex:
         self,
         texts: Sequence[str],
         k: int = 10,
-        mode: SearchMode = "rerank",
+        mode: StreamMode | str = StreamMode.RERANK,
         *,
         shortlist: int = ...,
         cross_attention_layers: Sequence[int] | None = ...,
@@ -890,7 +891,7 @@ class RetrievalIndex:
         self,
         texts: str | Sequence[str],
         k: int = 10,
-        mode: SearchMode = "rerank",
+        mode: StreamMode | str = StreamMode.RERANK,
         *,
         shortlist: int = DEFAULT_SHORTLIST,
         cross_attention_layers: Sequence[int] | None = None,
@@ -919,7 +920,7 @@ class RetrievalIndex:
         self,
         text_latents: Tensor,
         k: int = 10,
-        mode: SearchMode = "rerank",
+        mode: StreamMode | str = StreamMode.RERANK,
         *,
         shortlist: int = DEFAULT_SHORTLIST,
         candidates: tuple[Tensor, Tensor] | None = None,
@@ -940,11 +941,11 @@ class RetrievalIndex:
         count = text_latents.shape[0]
         if len(self) == 0:
             return [[] for _ in range(count)]
-        if mode == "mixed":
+        if mode == StreamMode.MIXED:
             return [
                 self._search_one(text_latents[i : i + 1], k, mode, shortlist) for i in range(count)
             ]
-        width = min(len(self), k if mode == "multi" else max(k, shortlist))
+        width = min(len(self), k if mode == StreamMode.MULTI else max(k, shortlist))
         if candidates is None:
             with torch.no_grad():
                 embeddings = self.model.embed(text_latents, "text").float()
@@ -986,7 +987,7 @@ class RetrievalIndex:
             return []
         text_embedding = self.model.embed(text_latents, "text").float()  # (1, E)
         multi: Tensor | None = None
-        if mode == "mixed":
+        if mode == StreamMode.MIXED:
             mixed = self.mixed_scores(text_latents)[0].nan_to_num(nan=-float("inf"))
             if excluded:
                 mixed[list(excluded)] = -float("inf")
@@ -996,7 +997,7 @@ class RetrievalIndex:
             multi_scores: list[float | None] = [None] * k
             ranked = mixed_scores
         else:
-            width = k if mode == "multi" else min(total, max(k, shortlist))
+            width = k if mode == StreamMode.MULTI else min(total, max(k, shortlist))
             if candidates is None:
                 candidates = self.shortlist(text_embedding, width + len(excluded))
             multi, found = candidates
@@ -1005,7 +1006,7 @@ class RetrievalIndex:
                 multi, found = multi[keep], found[keep]
             positions = found.tolist()
             multi_scores = multi.tolist()
-            if mode == "multi":
+            if mode == StreamMode.MULTI:
                 mixed_scores = [None] * k
                 ranked = multi_scores
             else:
@@ -1186,8 +1187,7 @@ class RetrievalIndex:
 
 
 def _check_search_arguments(k: Any, mode: Any, shortlist: Any) -> None:
-    if mode not in SEARCH_MODES:
-        raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+    stream_mode(mode, allowed=SEARCH_MODES)
     if not isinstance(k, int) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not isinstance(shortlist, int) or shortlist <= 0:

@@ -10,6 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from perceiver_vl.model.streams import StreamMode
+from perceiver_vl.retrieval.index import SEARCH_MODES
+
 from .service import ServeSettings
 
 _DEFAULTS = ServeSettings()
@@ -73,7 +76,10 @@ def add_arguments_for(command: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--queries", type=int, default=2000, help="queries in all (2000)")
         parser.add_argument("-k", type=int, default=10, help="results per query (10)")
         parser.add_argument(
-            "--mode", choices=("multi", "mixed", "rerank"), default="rerank", help="search mode"
+            "--mode",
+            choices=[str(m) for m in SEARCH_MODES],
+            default=str(StreamMode.RERANK),
+            help="search mode",
         )
         parser.add_argument(
             "--url",

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from perceiver_vl.model import PerceiverVL
+from perceiver_vl.model.streams import StreamMode
 from perceiver_vl.retrieval import CorruptIndexError, RetrievalIndex
 from perceiver_vl.retrieval.index import DEFAULT_SHORTLIST, SEARCH_MODES
 from perceiver_vl.retrieval.media import VIDEO_EXTENSIONS
@@ -115,7 +116,7 @@ class SearchRequest:
     query: str
     k: int = 10
     offset: int = 0
-    mode: str = "rerank"
+    mode: StreamMode | str = StreamMode.RERANK
     shortlist: int = DEFAULT_SHORTLIST
     blocks: tuple[int, ...] | None = None
 
@@ -137,9 +138,9 @@ class SearchPage:
 def _shortlist_width(request: SearchRequest, total: int) -> int:
     """Candidates ``request`` needs from the multi-stream shortlist (0 for ``mixed``)."""
     depth = request.offset + request.k
-    if request.mode == "mixed":
+    if request.mode == StreamMode.MIXED:
         return 0
-    return min(total, depth if request.mode == "multi" else max(depth, request.shortlist))
+    return min(total, depth if request.mode == StreamMode.MULTI else max(depth, request.shortlist))
 
 
 class SearchService:
@@ -235,7 +236,7 @@ class SearchService:
             raise ValueError(
                 f"shortlist must lie in [1, {s.max_shortlist}]; got {request.shortlist}"
             )
-        if request.mode == "mixed" and len(self._index) > s.max_mixed_videos:
+        if request.mode == StreamMode.MIXED and len(self._index) > s.max_mixed_videos:
             raise ValueError(
                 f"mode=mixed scores every video and this index holds {len(self._index)} "
                 f"(more than {s.max_mixed_videos}); use mode=rerank (a shortlist re-ranked by the "

@@ -23,8 +23,10 @@ from torch import Tensor
 
 from perceiver_vl.metrics import qa_accuracy, retrieval_metrics, vqa_score
 from perceiver_vl.model import PerceiverVL
+from perceiver_vl.model.streams import STREAM_MODES, StreamMode, stream_mode
+from perceiver_vl.model.streams import single_stream_scores as all_pair_single_stream_scores
 
-MODES = ("single", "multi", "mixed", "rerank")
+MODES = STREAM_MODES
 
 
 @dataclass
@@ -152,7 +154,7 @@ def encode_all(
 
 
 @torch.no_grad()
-def single_stream_scores(
+def single_stream_score_matrix(
     model: PerceiverVL,
     data: RetrievalInputs,
     *,
@@ -167,8 +169,6 @@ def single_stream_scores(
     num_texts = data.text_ids.shape[0]
     if candidates is None:
         # Every pair: the model's exact fast path (each item embedded and projected once).
-        from perceiver_vl.model.streams import single_stream_scores as all_pairs
-
         columns = []
         with _autocast(device, precision):
             for start in range(0, data.num_visual, batch_size):
@@ -177,7 +177,7 @@ def single_stream_scores(
                     k: None if v is None else v.to(device) for k, v in data.visual(index).items()
                 }
                 columns.append(
-                    all_pairs(
+                    all_pair_single_stream_scores(
                         model,
                         **visual,
                         text_ids=data.text_ids.to(device),
@@ -196,13 +196,13 @@ def single_stream_scores(
         for s in range(0, pairs.shape[0], batch_size):
             t_idx, v_idx = pairs[s : s + batch_size].unbind(1)
             visual = {k: None if v is None else v.to(device) for k, v in data.visual(v_idx).items()}
-            out = model(
+            logits = model.single_stream_logits(
                 **visual,
                 text_ids=data.text_ids[t_idx].to(device),
                 text_mask=data.text_mask[t_idx].to(device),
                 cross_attention_layers=cross_attention_layers,
             )
-            scores[t_idx, v_idx] = out.matching_logits.float().cpu()
+            scores[t_idx, v_idx] = logits.float().cpu()
     return scores
 
 
@@ -248,9 +248,9 @@ def evaluate_retrieval(
         ``{mode: {t2v_r1, ..., v2t_meanr, "seconds": wall time, "pairs_scored": n}, ...,
         "info": {num_texts, num_videos, encode_visual_seconds, encode_text_seconds}}``.
     """
-    bad = sorted(set(modes) - set(MODES))
-    if bad or not modes:
-        raise ValueError(f"modes={list(modes)} has unknown entries {bad}; choose from {MODES}")
+    if isinstance(modes, str) or not modes:
+        raise ValueError(f"modes must be a non-empty list of {list(MODES)}, got {modes!r}")
+    modes = [stream_mode(m, argument="modes") for m in modes]
     if rerank_k < 1:
         raise ValueError(f"rerank_k must be >= 1, got {rerank_k}")
     if not isinstance(data, RetrievalInputs):
@@ -263,8 +263,9 @@ def evaluate_retrieval(
     num_texts, num_visual = int(data.text_ids.shape[0]), data.num_visual
     results: dict[str, Any] = {}
     try:
-        need_latents = any(m in modes for m in ("multi", "mixed", "rerank")) or (
-            "single" in modes and single_candidates is not None
+        single = StreamMode.SINGLE
+        need_latents = any(m != single for m in modes) or (
+            single in modes and single_candidates is not None
         )
         visual = text = None
         encode_seconds = 0.0
@@ -285,20 +286,20 @@ def evaluate_retrieval(
         with torch.no_grad(), _autocast(device, precision):
             if (
                 visual is not None
-                and any(m in modes for m in ("multi", "rerank"))
-                or ("single" in modes and single_candidates is not None)
+                and any(m in modes for m in (StreamMode.MULTI, StreamMode.RERANK))
+                or (single in modes and single_candidates is not None)
             ):
                 start = time.perf_counter()
                 multi_scores = model.multi_stream_scores(visual, text).float().cpu()
                 multi_seconds = time.perf_counter() - start
             for mode in modes:
                 start = time.perf_counter()
-                if mode == "multi":
+                if mode == StreamMode.MULTI:
                     scores, pairs, extra = multi_scores, num_texts * num_visual, multi_seconds
-                elif mode == "mixed":
+                elif mode == StreamMode.MIXED:
                     scores = model.mixed_stream_scores(visual, text, chunk_size=chunk_size)
                     scores, pairs, extra = scores.float().cpu(), num_texts * num_visual, 0.0
-                elif mode == "rerank":
+                elif mode == StreamMode.RERANK:
                     k = min(rerank_k, num_visual)
                     top = multi_scores.topk(k, dim=1).indices
                     rows = torch.arange(num_texts)[:, None].expand_as(top).reshape(-1)
@@ -323,7 +324,7 @@ def evaluate_retrieval(
                         k = min(single_candidates, num_visual)
                         candidates = multi_scores.topk(k, dim=1).indices
                         extra = multi_seconds
-                    fine_scores = single_stream_scores(
+                    fine_scores = single_stream_score_matrix(
                         model,
                         data,
                         batch_size=single_batch_size,
@@ -338,7 +339,7 @@ def evaluate_retrieval(
                     else:
                         scores, pairs = fine_scores, num_texts * num_visual
                 elapsed = time.perf_counter() - start
-                shared = encode_seconds if (mode != "single" or single_candidates) else 0.0
+                shared = encode_seconds if (mode != single or single_candidates) else 0.0
                 metrics = retrieval_metrics(scores, owners, chunk_size=chunk_size)
                 metrics["seconds"] = elapsed + extra + shared
                 metrics["pairs_scored"] = int(pairs)
@@ -455,5 +456,5 @@ __all__ = [
     "evaluate_qa",
     "evaluate_retrieval",
     "load_retrieval_inputs",
-    "single_stream_scores",
+    "single_stream_score_matrix",
 ]

@@ -105,7 +105,7 @@ class PerceiverVLModule(pl.LightningModule):
             stream's loss is also logged as ``retrieval_<stream>``.
         retrieval_negatives: k negatives per query, or ``"all"``: every other item of the batch
             (mixed stream only). With ``"all"`` the mixed-stream logits of all B x B pairs come
-            from the factorised scorer (:func:`~perceiver_vl.model.streams.mixed_stream_scores`:
+            from the factorised scorer (:meth:`~perceiver_vl.model.PerceiverVL.mixed_stream_scores`:
             one decoder MLP per pair, keys and values projected once per item), so B - 1
             negatives cost little more than 7; the loss is the cross-entropy of each query over
             the batch, per rank (not gathered across ranks).

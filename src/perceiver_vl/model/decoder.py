@@ -76,6 +76,8 @@ class QueryDecoder(nn.Module):
         broadcast against each other over their leading dimensions). Equals
         ``forward(matching_queries(B), concat(z_1, z_2))[:, 0]`` up to float rounding."""
         block = self.block
-        cls = self.cls_query.to(first.values.dtype).view(1, -1)  # (Q = 1, D)
+        # the query in the parameter's precision: under autocast the summaries' values are bf16,
+        # while the residual stream starts from the full-precision query
+        cls = self.cls_query.view(1, -1)  # (Q = 1, D)
         attended = merge(block.attn, first, second)  # (..., 1, D)
         return self.norm(block.finish(cls, block.norm1(cls), attended))[..., 0, :]

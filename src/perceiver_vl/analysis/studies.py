@@ -27,6 +27,7 @@ from perceiver_vl.demo.pipeline import (
 )
 from perceiver_vl.demo.recipe import DemoSettings
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.model.streams import STREAM_MODES, StreamMode
 
 STUDIES = ("latent-size", "input-size", "cross-attention", "streams")
 
@@ -108,11 +109,15 @@ def _r1(model: PerceiverVL, data: Any, *, blocks: Any = None) -> dict[str, float
     from perceiver_vl.train.evaluation import evaluate_retrieval
 
     res = evaluate_retrieval(
-        model, data, modes=("multi", "mixed"), cross_attention_layers=blocks, precision="bf16"
+        model,
+        data,
+        modes=(StreamMode.MULTI, StreamMode.MIXED),
+        cross_attention_layers=blocks,
+        precision="bf16",
     )
     return {
         f"{mode}_{direction}_r1": res[mode][f"{direction}_r1"]
-        for mode in ("multi", "mixed")
+        for mode in (StreamMode.MULTI, StreamMode.MIXED)
         for direction in ("t2v", "v2t")
     }
 
@@ -395,11 +400,11 @@ def streams(
         res = evaluate_retrieval(
             model,
             _subset(data, n),
-            modes=("single", "multi", "mixed", "rerank"),
+            modes=STREAM_MODES,
             rerank_k=settings.rerank_k,
             precision="bf16",
         )
-        for mode in ("single", "multi", "mixed", "rerank"):
+        for mode in STREAM_MODES:
             rows.append(
                 {
                     "mode": mode,
@@ -428,7 +433,7 @@ def streams(
     )
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for mode in ("single", "multi", "mixed", "rerank"):
+    for mode in STREAM_MODES:
         pts = sorted((r["pairs"], r["seconds"], r["t2v_r1"]) for r in rows if r["mode"] == mode)
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode)
         axes[1].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=mode)

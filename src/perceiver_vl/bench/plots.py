@@ -12,6 +12,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from perceiver_vl.model.streams import StreamMode
+
+# the stream modes the bench times (all n x n pairs)
+_SCORED_MODES = (StreamMode.SINGLE, StreamMode.MULTI, StreamMode.MIXED)
+
 Row = dict[str, Any]
 
 
@@ -120,7 +125,7 @@ def plot_efficiency(rows: Sequence[Row], path: str | Path, *, title: str | None 
 def plot_retrieval_time(rows: Sequence[Row], path: str | Path, *, title: str | None = None) -> Path:
     """Median time to score all n x n (text, video) pairs against the number of pairs, one line
     per retrieval mode and dtype -> ``path`` (PNG)."""
-    stream = [r for r in rows if r.get("mode") in ("single", "multi", "mixed")]
+    stream = [r for r in rows if r.get("mode") in _SCORED_MODES]
     path = _check(stream, path, "retrieval modes")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -183,7 +188,7 @@ def write_plots(rows: Sequence[Row], directory: str | Path) -> list[Path]:
                 x_label="frames (cross-attention blocks kept in the legend)",
             )
         )
-    if any(r.get("mode") in ("single", "multi", "mixed") for r in rows):
+    if any(r.get("mode") in _SCORED_MODES for r in rows):
         written.append(plot_retrieval_time(rows, directory / "streams.png"))
     return written
 

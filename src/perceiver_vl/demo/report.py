@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from perceiver_vl.model.streams import StreamMode
+
 MODE_NAMES = {
-    "single": "single-stream",
-    "multi": "multi-stream",
-    "mixed": "mixed-stream",
-    "rerank": "multi shortlist + mixed re-rank",
+    StreamMode.SINGLE: "single-stream",
+    StreamMode.MULTI: "multi-stream",
+    StreamMode.MIXED: "mixed-stream",
+    StreamMode.RERANK: "multi shortlist + mixed re-rank",
 }
 
 
@@ -75,7 +77,7 @@ ATTRIBUTE_NAMES = {
 def attribute_table(metrics: dict[str, Any]) -> str:
     """% of captions whose top-ranked video shares each attribute, per stream, with chance."""
     study = metrics.get("attributes") or {}
-    modes = [m for m in ("multi", "mixed") if m in study]
+    modes = [m for m in (StreamMode.MULTI, StreamMode.MIXED) if m in study]
     lines = [
         "| attribute (values) | " + " | ".join(MODE_NAMES[m] for m in modes) + " | chance |",
         "|---|" + "---|" * (len(modes) + 1),

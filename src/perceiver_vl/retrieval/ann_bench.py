@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.model.streams import StreamMode
 
 from . import ann
 from .bench import DEMO_CONFIG, _tokenizer
@@ -139,10 +140,10 @@ def run_ann_benchmark(
         texts = [QUERIES[i % len(QUERIES)] for i in range(max(20, num_queries // 4))]
         end_to_end: dict[str, list[float]] = {"ann": [], "exact": []}
         for name, idx in (("ann", approx), ("exact", exact)):
-            idx.search(texts[0], k=10, mode="rerank")  # warm-up
+            idx.search(texts[0], k=10, mode=StreamMode.RERANK)  # warm-up
             for text in texts:
                 begin = time.perf_counter()
-                idx.search(text, k=10, mode="rerank")
+                idx.search(text, k=10, mode=StreamMode.RERANK)
                 end_to_end[name].append(time.perf_counter() - begin)
     return {
         "num_videos": num_videos,

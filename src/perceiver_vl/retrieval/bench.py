@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.model.streams import StreamMode
 
 from . import media
 from .index import RetrievalIndex
@@ -157,7 +158,7 @@ def run_benchmark(
             scores.topk(min(k, scores.shape[0]))
 
         def total() -> None:
-            index.search(next(queries), k=k, mode="rerank", shortlist=shortlist)
+            index.search(next(queries), k=k, mode=StreamMode.RERANK, shortlist=shortlist)
 
         for fn in (encode, stage_shortlist, stage_rerank, stage_rerank_latents, total):
             fn()  # warm-up

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from perceiver_vl.model.streams import StreamMode
+
 from .index import DEFAULT_SHORTLIST, SEARCH_MODES, RetrievalIndex
 
 
@@ -52,7 +54,7 @@ def add_arguments_for(command: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--mode",
             choices=SEARCH_MODES,
-            default="rerank",
+            default=StreamMode.RERANK,
             help="multi: embedding dot product; mixed: mixed-stream logit of every video (slow); "
             "rerank: multi-stream shortlist re-ranked by mixed stream (default)",
         )
@@ -126,7 +128,7 @@ def _run_search(args: argparse.Namespace) -> int:
         ]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=1))
         return 0
-    score_name = "cosine" if args.mode == "multi" else "logit"
+    score_name = "cosine" if args.mode == StreamMode.MULTI else "logit"
     for number, (query, hits) in enumerate(zip(args.query, results)):
         if number:
             print()

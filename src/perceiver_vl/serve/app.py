@@ -34,10 +34,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from perceiver_vl.retrieval.index import DEFAULT_SHORTLIST
+from perceiver_vl.model.streams import StreamMode
+from perceiver_vl.retrieval.index import DEFAULT_SHORTLIST, SEARCH_MODES
 
 from .service import SearchPage, SearchRequest, SearchService
 from .thumbnails import ThumbnailError
+
+# The query parameter's type: the search modes by name (FastAPI validates and documents them).
+SearchModeName = Literal[tuple(str(mode) for mode in SEARCH_MODES)]  # type: ignore[valid-type]
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -230,13 +234,13 @@ def create_app(service: SearchService) -> FastAPI:
             ),
         ] = 0,
         mode: Annotated[
-            Literal["multi", "mixed", "rerank"],
+            SearchModeName,
             Query(
                 description="multi: embedding dot product; mixed: mixed-stream logit of every "
                 "video (exact, slow on big indexes); rerank: multi-stream shortlist re-ranked by "
                 "the mixed stream",
             ),
-        ] = "rerank",
+        ] = StreamMode.RERANK.value,
         shortlist: Annotated[
             int,
             Query(

@@ -1,7 +1,12 @@
-"""The Perceiver-VL model (pure PyTorch; knows nothing of data or training)."""
+"""The Perceiver-VL model (pure PyTorch; knows nothing of data or training).
+
+Modules are layered (docs/architecture.md): config -> attention blocks -> embeddings / encoder /
+decoder / heads -> weights -> modeling -> streams; none imports a module above it.
+"""
 
 from .config import PerceiverVLConfig
 from .modeling import PerceiverVL, PerceiverVLOutput
+from .streams import StreamMode
 from .weights import ConversionReport, load_vit_weights
 
 __all__ = [
@@ -9,5 +14,6 @@ __all__ = [
     "PerceiverVL",
     "PerceiverVLConfig",
     "PerceiverVLOutput",
+    "StreamMode",
     "load_vit_weights",
 ]

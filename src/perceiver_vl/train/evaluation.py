@@ -23,8 +23,12 @@ from torch import Tensor
 
 from perceiver_vl.metrics import qa_accuracy, retrieval_metrics, vqa_score
 from perceiver_vl.model import PerceiverVL
-from perceiver_vl.model.streams import STREAM_MODES, StreamMode, stream_mode
-from perceiver_vl.model.streams import single_stream_scores as all_pair_single_stream_scores
+from perceiver_vl.model.streams import (
+    STREAM_MODES,
+    StreamMode,
+    single_stream_scores,
+    stream_mode,
+)
 
 MODES = STREAM_MODES
 
@@ -177,7 +181,7 @@ def single_stream_score_matrix(
                     k: None if v is None else v.to(device) for k, v in data.visual(index).items()
                 }
                 columns.append(
-                    all_pair_single_stream_scores(
+                    single_stream_scores(
                         model,
                         **visual,
                         text_ids=data.text_ids.to(device),

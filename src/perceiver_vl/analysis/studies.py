@@ -10,7 +10,6 @@ test split, so that they finish on a CPU; the paper pretrains first.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from perceiver_vl.demo.pipeline import (
     prepare_training_data,
 )
 from perceiver_vl.demo.recipe import DemoSettings
+from perceiver_vl.fileio import atomic_write_json, atomic_write_text
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
 
 STUDIES = ("latent-size", "input-size", "cross-attention", "streams")
@@ -61,11 +61,8 @@ def study_settings(quick: bool) -> DemoSettings:
 def _write(
     out: Path, name: str, rows: list[dict[str, Any]], markdown: str, meta: dict[str, Any]
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(
-        json.dumps({"rows": rows, **meta}, indent=2, default=str) + "\n"
-    )
-    (out / f"{name}.md").write_text(markdown + "\n")
+    atomic_write_json(out / f"{name}.json", {"rows": rows, **meta}, indent=2, default=str)
+    atomic_write_text(out / f"{name}.md", markdown + "\n")
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:

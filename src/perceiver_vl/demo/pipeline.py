@@ -8,7 +8,6 @@ Every stage uses the project's own parts: the synthetic benchmark generator and 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -23,6 +22,7 @@ import torch
 
 from perceiver_vl.data import CachedClips, CaptionDataset, Tokenizer
 from perceiver_vl.data.synthetic import generate_benchmark
+from perceiver_vl.fileio import atomic_write_json
 from perceiver_vl.model import PerceiverVL
 
 from .recipe import DemoSettings
@@ -511,6 +511,6 @@ def run_demo(
         "machine": machine_description(),
         "model_dir": str(model_dir),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    atomic_write_json(out / "metrics.json", metrics, indent=2, default=str)
     write_report(metrics, out)
     return metrics

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from perceiver_vl.fileio import atomic_write_text
+
 MODE_NAMES = {
     "single": "single-stream",
     "multi": "multi-stream",
@@ -281,5 +283,5 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
             "",
         ]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

@@ -16,17 +16,16 @@ from typing import Any
 
 import torch
 
-from perceiver_vl.demo.pipeline import (
-    _pair_latency_ms,
-    _subset,
+from perceiver_vl.bench.measure import pair_latency_ms
+from perceiver_vl.demo.pipeline import machine_description
+from perceiver_vl.demo.recipe import (
+    DemoSettings,
     finetune_model,
-    machine_description,
     prepare_test_data,
     prepare_training_data,
 )
-from perceiver_vl.demo.recipe import DemoSettings
 from perceiver_vl.fileio import atomic_write_json, atomic_write_text
-from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.model import PerceiverVL, preset
 
 STUDIES = ("latent-size", "input-size", "cross-attention", "streams")
 
@@ -159,7 +158,7 @@ def latent_size(
         )
         paper = None
         if not quick:  # the paper's input (8 frames 384^2 + 40 tokens) at this N
-            big = PerceiverVL(PerceiverVLConfig(num_latents=n)).eval()
+            big = PerceiverVL(preset("paper", num_latents=n)).eval()
             paper = (
                 count_flops(
                     big,
@@ -321,7 +320,7 @@ def cross_attention(
                     "trained_layerdrop": layerdrop,
                     "blocks": str(blocks),
                     **_r1(model, data, blocks=blocks),
-                    "latency_ms": _pair_latency_ms(model, data, blocks, 5 if quick else 20),
+                    "latency_ms": pair_latency_ms(model, data, blocks, 5 if quick else 20),
                 }
             )
     _write(
@@ -391,7 +390,7 @@ def streams(
         log(f"streams: {n} x {n} pairs")
         res = evaluate_retrieval(
             model,
-            _subset(data, n),
+            data.head(n),
             modes=("single", "multi", "mixed", "rerank"),
             rerank_k=settings.rerank_k,
             precision="bf16",

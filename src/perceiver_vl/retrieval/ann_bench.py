@@ -38,10 +38,9 @@ from typing import Any
 
 import torch
 
-from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.model import PerceiverVL, preset
 
-from . import ann
-from .bench import DEMO_CONFIG, _tokenizer
+from . import ann, media
 from .index import RetrievalIndex
 
 
@@ -72,9 +71,9 @@ def run_ann_benchmark(
 
         faiss.omp_set_num_threads(threads)
     torch.manual_seed(seed)
-    config = PerceiverVLConfig(**{**DEMO_CONFIG, "num_latents": 8})
+    config = preset("small", num_latents=8)
     model = PerceiverVL(config).eval()
-    tokenizer, tokenizer_name = _tokenizer(config.max_text_length)
+    tokenizer = media.default_tokenizer(config.max_text_length)
     from tqdm.auto import tqdm
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -149,7 +148,7 @@ def run_ann_benchmark(
         "num_queries": num_queries,
         "threads": torch.get_num_threads(),
         "embedding_dim": config.contrastive_dim,
-        "tokenizer": tokenizer_name,
+        "tokenizer": media.DEFAULT_TOKENIZER_NAME,
         "backend_chosen_by_auto": backend,
         "ann": ann.FACTORY_DESCRIPTION,
         "candidate_factor": ann.DEFAULT_CANDIDATE_FACTOR,
@@ -180,7 +179,7 @@ def synthetic_embeddings(
     import numpy as np
 
     torch.manual_seed(seed)
-    config = PerceiverVLConfig(**{**DEMO_CONFIG, "num_latents": 8})
+    config = preset("small", num_latents=8)
     model = PerceiverVL(config).eval()
     with torch.no_grad():
         parts = []

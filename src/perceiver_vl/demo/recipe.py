@@ -42,7 +42,8 @@ class DemoSettings:
             or ``val`` (for choosing a recipe without reading the test split).
         frames: (min, max) frames of a generated clip; clip_frames: T sampled per clip.
         size: frame side in pixels.
-        model: :class:`~perceiver_vl.PerceiverVLConfig` fields of the small model. Two input
+        model: :class:`~perceiver_vl.PerceiverVLConfig` fields: the ``demo`` model preset
+            (``demo-quick`` for ``quick``; :mod:`perceiver_vl.model.presets`). Two input
             options are ours, not the paper's (both off in the library's defaults):
             ``frame_difference`` (each patch's change from the previous frame is added to its
             token) and ``visual_position_init_std`` 0.2 (so "where" and "when" are visible to a

@@ -1,4 +1,12 @@
-"""The Perceiver-VL model (pure PyTorch; knows nothing of data or training)."""
+"""The Perceiver-VL model: pure PyTorch, knows nothing of data or training.
+
+Belongs here: the config (``config``), attention blocks, input embeddings, the encoder (latents,
+the cross-attention schedule, LayerDrop), the decoder queries, the heads, the stream modes,
+named sizes (``presets``), weights I/O and conversion, FLOP counting, ``perceiver-vl info``.
+
+May import: torch, safetensors, the standard library and :mod:`perceiver_vl.fileio`; nothing
+else of ours.
+"""
 
 from .config import PerceiverVLConfig
 from .modeling import PerceiverVL, PerceiverVLOutput

@@ -84,3 +84,17 @@ def test_atomic_path_serves_writers_that_need_a_file_name(tmp_path):
 def test_atomic_open_refuses_a_reading_mode(tmp_path):
     with pytest.raises(ValueError, match="mode='r'"), fileio.atomic_open(tmp_path / "x", "r"):
         pass
+
+
+def test_atomic_savefig_takes_the_format_from_the_target_suffix(tmp_path):
+    class Figure:
+        def savefig(self, path, *, format, dpi):
+            assert str(path).endswith(fileio.TMP_SUFFIX)
+            with open(path, "w") as handle:
+                handle.write(f"{format} at {dpi}")
+
+    fileio.atomic_savefig(Figure(), tmp_path / "plot.PNG", dpi=110)
+    fileio.atomic_savefig(Figure(), tmp_path / "plot.svg", dpi=72)
+    assert (tmp_path / "plot.PNG").read_text() == "png at 110"
+    assert (tmp_path / "plot.svg").read_text() == "svg at 72"
+    assert _leftovers(tmp_path) == []

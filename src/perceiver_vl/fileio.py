@@ -9,7 +9,7 @@ temporary file is removed and the target is left as it was.
   contents at once;
 - :func:`atomic_open`: a file object for writers that stream into a handle;
 - :func:`atomic_path`: a temporary path for writers that want a file name (``safetensors``'
-  ``save_file``, ``matplotlib``'s ``savefig``).
+  ``save_file``); :func:`atomic_savefig` for matplotlib figures.
 
 This module imports only the standard library, so every package (``model`` and ``data``
 included) may use it.
@@ -28,6 +28,7 @@ from typing import IO, Any
 __all__ = [
     "atomic_open",
     "atomic_path",
+    "atomic_savefig",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -135,3 +136,12 @@ def atomic_write_json(
     unserialisable object leaves ``path`` as it was."""
     text = json.dumps(obj, indent=indent, **dumps_kwargs) + "\n"
     atomic_write_text(path, text, make_parents=make_parents)
+
+
+def atomic_savefig(figure: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
+    """``figure.savefig`` (a matplotlib figure) to ``path`` atomically; the image format comes
+    from ``path``'s suffix (the temporary file's own suffix is ``.tmp``)."""
+    suffix = Path(path).suffix.lstrip(".").lower()
+    savefig_kwargs.setdefault("format", suffix or "png")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, **savefig_kwargs)

@@ -24,7 +24,7 @@ from perceiver_vl.demo.recipe import (
     prepare_test_data,
     prepare_training_data,
 )
-from perceiver_vl.fileio import atomic_write_json, atomic_write_text
+from perceiver_vl.fileio import atomic_savefig, atomic_write_json, atomic_write_text
 from perceiver_vl.model import PerceiverVL, preset
 
 STUDIES = ("latent-size", "input-size", "cross-attention", "streams")
@@ -86,7 +86,7 @@ def _pyplot():
 
 def _save(plt: Any, fig: Any, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from perceiver_vl.fileio import atomic_savefig
+
 Row = dict[str, Any]
 
 
@@ -95,7 +97,7 @@ def plot_sweep(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -136,7 +138,7 @@ def plot_retrieval_time(rows: Sequence[Row], path: str | Path, *, title: str | N
     ax.legend(fontsize=8)
     ax.set_title(title or "Retrieval scoring time by stream mode")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from perceiver_vl.fileio import atomic_write_text
+from perceiver_vl.fileio import atomic_savefig, atomic_write_text
 
 MODE_NAMES = {
     "single": "single-stream",
@@ -126,7 +126,7 @@ def _plot_retrieval_time(metrics: dict[str, Any], path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -159,7 +159,7 @@ def _plot_efficiency(metrics: dict[str, Any], path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle("Perceiver-VL against a joint transformer: cost against video length")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -8,26 +8,14 @@ import pytest
 import torch
 
 from perceiver_vl import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.model import preset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**changes) -> PerceiverVLConfig:
-    base = dict(
-        hidden_size=32,
-        num_heads=2,
-        num_self_attention_layers=4,
-        cross_attention_before_layers=(0, 2),
-        num_latents=8,
-        patch_size=8,
-        image_size=32,
-        max_frames=6,
-        max_text_length=10,
-        vocab_size=100,
-        contrastive_dim=16,
-    )
-    base.update(changes)
-    return PerceiverVLConfig(**base)
+    """The ``tiny`` preset (100-token vocabulary) with ``changes``."""
+    return preset("tiny", **changes)
 
 
 @pytest.fixture

@@ -6,24 +6,14 @@ import pytest
 
 from perceiver_vl import PerceiverVLConfig
 from perceiver_vl.bench import BenchSettings
+from perceiver_vl.model import preset
 
 
 def tiny_bench_config(**changes) -> PerceiverVLConfig:
-    base = dict(
-        hidden_size=32,
-        num_heads=2,
-        num_self_attention_layers=4,
-        cross_attention_before_layers=(0, 1, 2),
-        num_latents=8,
-        patch_size=8,
-        image_size=32,
-        max_frames=64,
-        max_text_length=10,
-        vocab_size=100,
-        contrastive_dim=16,
+    """The ``tiny`` preset with three cross-attention blocks and up to 64 frames."""
+    return preset(
+        "tiny", **{"cross_attention_before_layers": (0, 1, 2), "max_frames": 64, **changes}
     )
-    base.update(changes)
-    return PerceiverVLConfig(**base)
 
 
 @pytest.fixture

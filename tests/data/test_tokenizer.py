@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,6 +88,23 @@ def test_default_vocabulary_is_the_shipped_bert_uncased_one():
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 30522
     assert lines[:1] == ["[PAD]"] and lines[100:104] == ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def test_the_vocabulary_and_its_attribution_are_declared_package_data():
+    from perceiver_vl.data import default_vocab_path
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
+
+    root = Path(__file__).resolve().parents[2]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["perceiver_vl"]
+    package = default_vocab_path().parents[2]
+    for name in ("bert-base-uncased.txt", "NOTICE"):
+        shipped = (default_vocab_path().parent / name).relative_to(package).as_posix()
+        assert shipped in declared
+    notice = (default_vocab_path().parent / "NOTICE").read_text()
+    assert "Apache License" in notice and "google-research/bert" in notice
 
 
 # ---------------------------------------------------------------------------- masked LM

@@ -8,18 +8,19 @@ import pytest
 import torch
 
 from perceiver_vl import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.model import preset_fields
 from tests.train.conftest import tiny_config
 
-SMALL = dict(
-    hidden_size=32,
-    num_heads=2,
+#: The ``tiny`` preset at two layers, four latents and the real vocabulary.
+SMALL = preset_fields(
+    "tiny",
     num_self_attention_layers=2,
     cross_attention_before_layers=(0, 1),
     num_latents=4,
     patch_size=16,
-    image_size=32,
     max_frames=4,
     max_text_length=16,
+    vocab_size=30522,
     contrastive_dim=8,
 )
 

@@ -7,29 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from retrieval_support import (
-    HAVE_DATA,
     TINY,
-    StandInTokenizer,
     make_loader,
-    stand_in_load_video,
     train_tiny_model,
     write_collection,
 )
 
 from perceiver_vl import PerceiverVL, PerceiverVLConfig
-from perceiver_vl.retrieval import media
-
-
-@pytest.fixture(autouse=True, scope="session")
-def media_defaults():
-    """Route the index's default tokenizer/decoder to the stand-ins when data is missing."""
-    if HAVE_DATA:
-        yield
-        return
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(media, "default_tokenizer", lambda max_length: StandInTokenizer(max_length))
-        patch.setattr(media, "default_video_loader", lambda: stand_in_load_video)
-        yield
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,10 @@
 """Helpers for the retrieval tests: the tiny config, synthetic clips, a tiny trainer, and the
-tokenizer / video decoder (the data package's when it is importable, small stand-ins otherwise).
+index's default tokenizer / video decoder (no stand-ins: a broken tokenizer fails these tests).
 """
 
 from __future__ import annotations
 
 import json
-import zlib
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +12,18 @@ import torch
 import torch.nn.functional as F
 
 from perceiver_vl import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.model import preset_fields
 from perceiver_vl.retrieval import media
 
-TINY = dict(
-    hidden_size=32,
-    num_heads=2,
+#: The ``tiny`` preset at two layers on 16 px patches, 8 frames and the real vocabulary.
+TINY = preset_fields(
+    "tiny",
     num_self_attention_layers=2,
     cross_attention_before_layers=(0, 1),
-    num_latents=8,
     patch_size=16,
-    image_size=32,
     max_frames=8,
     max_text_length=16,
     vocab_size=30522,
-    contrastive_dim=16,
 )
 
 COLORS = {
@@ -39,68 +35,14 @@ COLORS = {
 DIRECTIONS = ("left", "right")
 
 
-# ----------------------------------------------------------------------------------------------
-# Stand-ins for perceiver_vl.data (used only while the data package is not importable)
-# ----------------------------------------------------------------------------------------------
-class StandInTokenizer:
-    """Words hashed into the BERT id range; [CLS]=101, [SEP]=102, [PAD]=0."""
-
-    def __init__(self, max_length: int) -> None:
-        self.max_length = max_length
-
-    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
-        for i, text in enumerate(texts):
-            words = [1000 + zlib.crc32(w.encode()) % 29000 for w in text.lower().split()]
-            row = [101, *words[: self.max_length - 2], 102]
-            ids[i, : len(row)] = torch.tensor(row)
-        return ids, ids != 0
+def make_tokenizer(max_length: int) -> media.TextTokenizer:
+    """The index's default tokenizer (the shipped BERT-uncased vocabulary)."""
+    return media.default_tokenizer(max_length)
 
 
-def stand_in_load_video(
-    path: Path, num_frames: int, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode with PyAV, sample ``num_frames`` evenly, resize, scale to [-1, 1]."""
-    import av
-    from PIL import Image
-
-    try:
-        with av.open(str(path)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    except av.error.FFmpegError as err:
-        raise ValueError(f"cannot decode {str(path)!r}: {err}") from err
-    if not frames:
-        raise ValueError(f"{str(path)!r} has no frames")
-    count = min(num_frames, len(frames))
-    picks = np.linspace(0, len(frames) - 1, count).round().astype(int)
-    video = torch.zeros(num_frames, 3, size, size)
-    for t, i in enumerate(picks):
-        image = Image.fromarray(frames[i]).resize((size, size), Image.BILINEAR)
-        video[t] = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 127.5 - 1
-    mask = torch.zeros(num_frames, dtype=torch.bool)
-    mask[:count] = True
-    return video, mask
-
-
-def _data_package():
-    try:
-        from perceiver_vl.data import Tokenizer, load_video  # noqa: F401
-
-        Tokenizer.default(max_length=16)
-        return True
-    except Exception:  # noqa: BLE001 - not built yet, or no vocabulary: use the stand-ins
-        return False
-
-
-HAVE_DATA = _data_package()
-
-
-def make_tokenizer(max_length: int):
-    return media.default_tokenizer(max_length) if HAVE_DATA else StandInTokenizer(max_length)
-
-
-def make_loader():
-    return media.default_video_loader() if HAVE_DATA else stand_in_load_video
+def make_loader() -> media.VideoLoader:
+    """The index's default video decoder."""
+    return media.default_video_loader()
 
 
 # ----------------------------------------------------------------------------------------------

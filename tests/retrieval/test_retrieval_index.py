@@ -57,6 +57,16 @@ def test_stored_latents_and_embeddings_match_the_model(built, collection):
     torch.testing.assert_close(built.embeddings[3:4], embedding, atol=1e-5, rtol=1e-5)
 
 
+def test_search_without_the_vocabulary_fails_instead_of_falling_back(built, monkeypatch):
+    import perceiver_vl.data.tokenizer as tokenizer_module
+
+    gone = tokenizer_module._DEFAULT_VOCAB.with_name("gone.txt")
+    monkeypatch.setattr(tokenizer_module, "_DEFAULT_VOCAB", gone)
+    index = RetrievalIndex.open(built.path)
+    with pytest.raises(FileNotFoundError, match="gone.txt"):
+        index.search("a red square", mode="multi")
+
+
 def test_rerank_with_full_shortlist_equals_full_mixed_ranking(built, collection):
     _, records = collection
     queries = [r["caption"] for r in records[:3]] + ["a purple triangle spins"]

@@ -1,22 +1,22 @@
-"""An index built from the data package's synthetic benchmark (skipped when it is absent)."""
+"""An index built from the data package's synthetic benchmark."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
+from perceiver_vl.data.synthetic import generate_benchmark
 from perceiver_vl.retrieval import RetrievalIndex
 
 
 @pytest.fixture(scope="module")
 def benchmark_index(tiny_model_dir, tmp_path_factory) -> tuple[RetrievalIndex, list[str]]:
-    synthetic = pytest.importorskip("perceiver_vl.data.synthetic")
     root = tmp_path_factory.mktemp("synthetic")
-    synthetic.generate_benchmark(
+    generate_benchmark(
         root, num_train=1, num_val=1, num_test=10, frames=(8, 12), size=32, progress=False
     )
-    import json
-
     captions = [json.loads(line)["caption"] for line in (root / "test.jsonl").open()]
     index = RetrievalIndex.build(
         tmp_path_factory.mktemp("synthetic_index") / "index",

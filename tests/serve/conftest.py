@@ -12,28 +12,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "retrieval"))
 
 from retrieval_support import (  # noqa: E402
-    HAVE_DATA,
     TINY,
-    StandInTokenizer,
     make_loader,
-    stand_in_load_video,
     train_tiny_model,
     write_collection,
 )
 
-from perceiver_vl.retrieval import RetrievalIndex, media  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="session")
-def media_defaults():
-    """Route the index's default tokenizer/decoder to the stand-ins when data is missing."""
-    if HAVE_DATA:
-        yield
-        return
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(media, "default_tokenizer", lambda max_length: StandInTokenizer(max_length))
-        patch.setattr(media, "default_video_loader", lambda: stand_in_load_video)
-        yield
+from perceiver_vl.retrieval import RetrievalIndex  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -9,20 +9,19 @@ from typing import Any
 
 import pytest
 
-TINY_MODEL = {
-    "hidden_size": 32,
-    "num_heads": 2,
-    "num_self_attention_layers": 4,
-    "cross_attention_before_layers": [0, 2],
-    "num_latents": 8,
-    "patch_size": 16,
-    "image_size": 32,
-    "max_frames": 4,
-    "max_text_length": 16,
-    "contrastive_dim": 16,
-    "dropout": 0.0,
-    "layerdrop": 0.5,
-}
+from perceiver_vl.model import preset_fields
+
+#: The ``tiny`` preset on 16 px patches with the real vocabulary, as YAML takes it.
+TINY_MODEL = preset_fields(
+    "tiny",
+    cross_attention_before_layers=[0, 2],
+    patch_size=16,
+    max_frames=4,
+    max_text_length=16,
+    vocab_size=30522,
+    dropout=0.0,
+    layerdrop=0.5,
+)
 
 
 def tiny_config(root: Path, run_dir: Path, **trainer: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from perceiver_vl.model import preset_fields
 from perceiver_vl.train.module import PerceiverVLModule
 
 COLOURS = torch.tensor(
@@ -45,18 +46,14 @@ def colour_batch(generator: torch.Generator, size: int = 64) -> dict:
 
 def tiny_module(residual: str, seed: int = 0, **module_args) -> PerceiverVLModule:
     torch.manual_seed(seed)  # the initialisation, independent of what ran before
-    model = dict(
-        hidden_size=32,
-        num_heads=2,
+    model = preset_fields(
+        "tiny",
         num_self_attention_layers=2,
         cross_attention_before_layers=(0,),
-        num_latents=8,
         patch_size=16,
-        image_size=32,
         max_frames=1,
         max_text_length=8,
         vocab_size=2100,
-        contrastive_dim=16,
         dropout=0.0,
         layerdrop=0.0,
         cross_attention_residual=residual,

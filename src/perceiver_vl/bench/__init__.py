@@ -8,6 +8,9 @@ Function API (the command is ``perceiver-vl bench``)::
     plot_efficiency(rows, "efficiency.png")
 
 Plotting needs matplotlib (the ``bench`` extra); it is imported only when a plot is drawn.
+
+May import: :mod:`perceiver_vl.model`, :mod:`perceiver_vl.flops`, :mod:`perceiver_vl.fileio`;
+never ``train`` or ``data`` (inputs are random tensors of the right shapes).
 """
 
 from .baseline import JointTransformer, JointTransformerOutput

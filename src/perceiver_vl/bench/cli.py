@@ -12,7 +12,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from perceiver_vl.fileio import atomic_write_json
 
 from .sweeps import (
     MODELS,
@@ -339,10 +340,7 @@ def machine_summary(bench: Benchmark) -> list[str]:
 
 
 def _write_json(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(list(rows), indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, list(rows), indent=1)
 
 
 def run(args: argparse.Namespace) -> int:

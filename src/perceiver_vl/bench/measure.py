@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -132,3 +134,41 @@ __all__ = [
     "percentile",
     "time_callable",
 ]
+
+
+def median_call_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of ``max(1, repeats)`` timed calls of ``fn`` after one untimed call."""
+    fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def pair_latency_ms(
+    model: torch.nn.Module,
+    data: Any,
+    blocks: Sequence[int] | None,
+    repeats: int,
+    batch_size: int = 1,
+) -> float:
+    """Milliseconds per (video, caption) pair of a single-stream forward of the first
+    ``batch_size`` pairs of ``data`` (``RetrievalInputs``-like: ``video``, ``video_mask``,
+    ``text_ids``, ``text_mask``) running cross-attention ``blocks``, under CPU bf16 autocast;
+    median over ``repeats`` timed calls (:func:`median_call_ms`)."""
+    video, vmask = data.video[:batch_size], data.video_mask[:batch_size]
+    ids, mask = data.text_ids[:batch_size], data.text_mask[:batch_size]
+
+    def call() -> None:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(
+                video=video,
+                video_mask=vmask,
+                text_ids=ids,
+                text_mask=mask,
+                cross_attention_layers=blocks,
+            )
+
+    return median_call_ms(call, repeats) / batch_size

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from perceiver_vl.fileio import atomic_savefig
 from perceiver_vl.model.streams import StreamMode
 
 # the stream modes the bench times (all n x n pairs)
@@ -100,7 +101,7 @@ def plot_sweep(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -141,7 +142,7 @@ def plot_retrieval_time(rows: Sequence[Row], path: str | Path, *, title: str | N
     ax.legend(fontsize=8)
     ax.set_title(title or "Retrieval scoring time by stream mode")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -1,7 +1,11 @@
 """Data for perceiver-vl: tokenisation, masked-LM corruption, media decoding, data sets.
 
+Belongs here: everything between files on disk and tensors: the tokenizer (and its shipped
+vocabulary), video/image decoding and frame sampling, data set readers, collation and masking,
+webdataset shards, the synthetic benchmark generator.
+
 This package knows nothing of the model or of training; it only imports torch, numpy, av,
-Pillow, tokenizers, tqdm and the standard library.
+Pillow, tokenizers, tqdm, the standard library and :mod:`perceiver_vl.fileio`.
 """
 
 from perceiver_vl.data.batching import SharedWordBatchSampler

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from perceiver_vl.data.failures import FailureTracker, MediaError
 from perceiver_vl.data.media import IMAGE_EXTENSIONS, Size, load_media
+from perceiver_vl.fileio import atomic_write_json
 
 logger = logging.getLogger("perceiver_vl.data")
 
@@ -750,7 +751,7 @@ class AnswerVocab:
         return cls(_load_json(path, "path"))
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.answers, indent=0) + "\n", encoding="utf-8")
+        atomic_write_json(path, self.answers, indent=0)
 
     def __len__(self) -> int:
         return len(self.answers)

@@ -29,6 +29,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from perceiver_vl.fileio import atomic_write_json, atomic_write_text
+
 logger = logging.getLogger("perceiver_vl.data")
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -255,11 +257,9 @@ def _existing(out_dir: Path, config: dict[str, Any]) -> bool:
 
 def _write_split_files(out_dir: Path, records: dict[str, list[dict[str, Any]]]) -> None:
     for split, rows in records.items():
-        tmp = out_dir / f"{split}.jsonl.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row) + "\n")
-        tmp.replace(out_dir / f"{split}.jsonl")
+        atomic_write_text(
+            out_dir / f"{split}.jsonl", "".join(json.dumps(row) + "\n" for row in rows)
+        )
 
 
 def _validate(num: dict[str, int], size: int, seed: int) -> None:
@@ -366,7 +366,7 @@ def generate_benchmark(
         "motions": [list(m) for m in MOTIONS],
         "caption_template": "a {size} {colour} {shape} moves {direction} then {direction}",
     }
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(out_dir / "meta.json", meta, indent=2)
     return out_dir
 
 
@@ -433,7 +433,7 @@ def generate_image_benchmark(
         "relations": list(RELATIONS),
         "caption_template": "a {colour} {shape} {relation} a {colour} {shape}",
     }
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(out_dir / "meta.json", meta, indent=2)
     return out_dir
 
 

@@ -4,6 +4,10 @@ Generates the benchmark, pretrains a small Perceiver-VL (matching + masked LM, L
 fine-tunes it for retrieval, evaluates single / multi / mixed stream and multi shortlist + mixed
 re-rank on held-out unique captions, measures the LayerDrop trade-off and the efficiency against
 a joint transformer, builds a search index, and writes ``report.md``, ``metrics.json`` and plots.
+
+``recipe`` holds the settings and the training stages (shared with :mod:`perceiver_vl.analysis`),
+``pipeline`` the job, ``report`` the Markdown and plots. May import every package below the CLI
+(model, data, train, retrieval, bench, fileio).
 """
 
 from __future__ import annotations

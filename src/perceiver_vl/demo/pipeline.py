@@ -8,11 +8,9 @@ Every stage uses the project's own parts: the synthetic benchmark generator and 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,13 +19,18 @@ from typing import Any
 
 import torch
 
-from perceiver_vl.data import CachedClips, CaptionDataset, Tokenizer
-from perceiver_vl.data.synthetic import generate_benchmark
-from perceiver_vl.model import PerceiverVL
+from perceiver_vl.bench.measure import pair_latency_ms
+from perceiver_vl.fileio import atomic_write_json
 from perceiver_vl.model.streams import STREAM_MODES as MODES
 from perceiver_vl.model.streams import StreamMode
 
-from .recipe import DemoSettings
+from .recipe import (
+    DemoSettings,
+    finetune_model,
+    prepare_test_data,
+    prepare_training_data,
+    pretrain_model,
+)
 
 
 @dataclass
@@ -67,41 +70,6 @@ def machine_description() -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
-def _trainer(out: Path, stage: str, steps: int, progress: bool):
-    import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger
-
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        precision="bf16-mixed",
-        gradient_clip_val=1.0,
-        logger=CSVLogger(str(out / "logs"), name=stage, version=""),
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        log_every_n_steps=10,
-        default_root_dir=str(out),
-    )
-
-
-def _train_stage(
-    module: Any, datamodule: Any, out: Path, stage: str, steps: int, progress: bool
-) -> dict[str, float]:
-    trainer = _trainer(out, stage, steps, progress)
-    trainer.fit(module, datamodule=datamodule)
-    metrics: dict[str, float] = {}
-    for key, value in trainer.callback_metrics.items():
-        try:
-            metrics[key] = round(float(value), 4)
-        except (TypeError, ValueError):
-            continue
-    return metrics
-
-
 def _loss_curve(out: Path, stage: str) -> list[dict[str, float]]:
     """The CSV logger's training-loss rows of a stage."""
     import csv
@@ -121,61 +89,6 @@ def _loss_curve(out: Path, stage: str) -> list[dict[str, float]]:
 # ----------------------------------------------------------------------------------------------
 # Evaluation helpers
 # ----------------------------------------------------------------------------------------------
-def _retrieval_inputs(test: CachedClips, tokenizer: Tokenizer):
-    from perceiver_vl.train.evaluation import RetrievalInputs
-
-    items = [test[i] for i in range(len(test))]
-    video = torch.stack([it["video"] for it in items])
-    video_mask = torch.stack([it["video_mask"] for it in items])
-    ids, mask = tokenizer([it["text"] for it in items])
-    return RetrievalInputs(
-        ids, mask, torch.arange(len(items)), video=video, video_mask=video_mask
-    ), [it["text"] for it in items]
-
-
-def _subset(data: Any, n: int):
-    from perceiver_vl.train.evaluation import RetrievalInputs
-
-    return RetrievalInputs(
-        data.text_ids[:n],
-        data.text_mask[:n],
-        data.text_to_video[:n],
-        video=data.video[:n],
-        video_mask=data.video_mask[:n],
-    )
-
-
-def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def _pair_latency_ms(
-    model: PerceiverVL, data: Any, blocks: Any, repeats: int, batch_size: int = 1
-) -> float:
-    """Single-stream forward of the first ``batch_size`` (video, caption) pairs, bf16 autocast:
-    milliseconds per pair (median over ``repeats`` timed calls)."""
-    video, vmask = data.video[:batch_size], data.video_mask[:batch_size]
-    ids, mask = data.text_ids[:batch_size], data.text_mask[:batch_size]
-
-    def call() -> None:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            model(
-                video=video,
-                video_mask=vmask,
-                text_ids=ids,
-                text_mask=mask,
-                cross_attention_layers=blocks,
-            )
-
-    return _median_ms(call, repeats) / batch_size
-
-
 def _efficiency(settings: DemoSettings, progress: Callable[[str], None]) -> list[dict[str, Any]]:
     """GFLOPs and batch-1 fp32 latency of the paper-size Perceiver-VL (D=768, N=128, three
     cross-attention blocks) and the joint-transformer baseline, at each frame count."""
@@ -204,122 +117,6 @@ def _efficiency(settings: DemoSettings, progress: Callable[[str], None]) -> list
 # ----------------------------------------------------------------------------------------------
 # The job
 # ----------------------------------------------------------------------------------------------
-def prepare_training_data(
-    data_root: Path, settings: DemoSettings, *, seed: int, progress: bool, generate: bool = True
-) -> Any:
-    """Generate the benchmark (kept when already there; ``generate=False`` for a folder the user
-    brings) and a data module whose training clips are decoded once into memory."""
-    from perceiver_vl.train.datamodule import PerceiverVLDataModule
-
-    if generate:
-        generate_benchmark(
-            data_root,
-            num_train=settings.num_train,
-            num_val=settings.num_val,
-            num_test=settings.num_test,
-            frames=settings.frames,
-            size=settings.size,
-            seed=seed,
-            progress=progress,
-        )
-    datamodule = PerceiverVLDataModule(
-        train={
-            "kind": "captions",
-            "annotations": str(data_root / "train.jsonl"),
-            "media_root": str(data_root),
-            "cache": True,
-        },
-        batch_size=settings.batch_size,
-        num_workers=2,
-        num_frames=settings.clip_frames,
-        image_size=settings.size,
-        max_text_length=settings.model["max_text_length"],
-        mlm_probability=settings.mlm_probability,
-        seed=seed,
-        progress=progress,
-    )
-    datamodule.setup("fit")
-    datamodule.num_workers = 1  # cached clips: one worker keeps batches ready, one core trains
-    return datamodule
-
-
-def prepare_test_data(
-    data_root: Path, settings: DemoSettings, *, progress: bool, split: str = "test"
-):
-    """A held-out split (``test`` or ``val``) decoded into :class:`RetrievalInputs` (one unique
-    caption per video)."""
-    tokenizer = Tokenizer.default(max_length=settings.model["max_text_length"])
-    test_set = CaptionDataset(
-        data_root / f"{split}.jsonl", data_root, num_frames=settings.clip_frames, size=settings.size
-    )
-    test = CachedClips(test_set, num_workers=2, progress=progress, description=f"decoding {split}")
-    return _retrieval_inputs(test, tokenizer)
-
-
-def pretrain_model(
-    datamodule: Any,
-    settings: DemoSettings,
-    out: Path,
-    *,
-    seed: int,
-    progress: bool,
-    model_overrides: dict[str, Any] | None = None,
-) -> tuple[Any, dict[str, float]]:
-    """Stage 1: vision-text matching on the clean caption + masked LM on a corrupted copy (the
-    released code's two passes), with the config's LayerDrop."""
-    from perceiver_vl.train.module import PerceiverVLModule
-
-    module = PerceiverVLModule(
-        model={**settings.model, **(model_overrides or {})},
-        objectives=["matching", "mlm"],
-        loss_weights={"matching": settings.pretrain_matching_weight},
-        lr=settings.pretrain_lr,
-        warmup=0.1,
-        seed=seed,
-    )
-    metrics = _train_stage(module, datamodule, out, "pretrain", settings.pretrain_steps, progress)
-    return module, metrics
-
-
-def finetune_model(
-    pretrained_dir: Path | None,
-    datamodule: Any,
-    settings: DemoSettings,
-    out: Path,
-    *,
-    seed: int,
-    progress: bool,
-    model_overrides: dict[str, Any] | None = None,
-    stage: str = "finetune",
-) -> tuple[PerceiverVL, dict[str, float]]:
-    """Stage 2, retrieval fine-tuning: ``settings.finetune_objectives`` (the cross-entropy of
-    the matching logits in ``settings.retrieval_streams``, optionally multi-stream contrastive)
-    with ``settings.finetune_layerdrop``. Starts from ``pretrained_dir`` (or from scratch
-    when None)."""
-    from perceiver_vl.train.module import PerceiverVLModule
-
-    overrides = {"layerdrop": settings.finetune_layerdrop, "dropout": settings.model["dropout"]}
-    overrides.update(model_overrides or {})
-    module = PerceiverVLModule(
-        pretrained=None if pretrained_dir is None else str(pretrained_dir),
-        model=overrides if pretrained_dir is not None else {**settings.model, **overrides},
-        objectives=list(settings.finetune_objectives),
-        retrieval_stream=list(settings.retrieval_streams),
-        retrieval_negatives=settings.mixed_stream_negatives,
-        single_stream_negatives=settings.single_stream_negatives,
-        hard_negatives=(
-            "single" in settings.retrieval_streams or settings.mixed_stream_negatives != "all"
-        ),
-        hard_negative_fraction=settings.hard_negative_fraction,
-        retrieval_directions=list(settings.retrieval_directions),
-        lr=settings.finetune_lr,
-        warmup=0.1,
-        seed=seed,
-    )
-    metrics = _train_stage(module, datamodule, out, stage, settings.finetune_steps, progress)
-    return module.model.cpu().eval(), metrics
-
-
 def build_demo_index(index_dir: Path, model_dir: Path, annotations: Path, *, progress: bool):
     """The demo's own index of its own model. A rerun replaces it: an index refuses any model
     other than the one it was built with, and the demo's model changes with every run."""
@@ -422,7 +219,7 @@ def run_demo(
                 "t2v_r1": res["t2v_r1"],
                 "v2t_r1": res["v2t_r1"],
                 "latency_ms": round(
-                    _pair_latency_ms(
+                    pair_latency_ms(
                         model, data, blocks, settings.latency_repeats * 4, latency_batch
                     ),
                     3,
@@ -441,7 +238,7 @@ def run_demo(
         for size in [s for s in settings.curve_sizes if s < n]:
             res = evaluate_retrieval(
                 model,
-                _subset(data, size),
+                data.head(size),
                 modes=MODES,
                 rerank_k=settings.rerank_k,
                 precision="bf16",
@@ -515,6 +312,6 @@ def run_demo(
         "machine": machine_description(),
         "model_dir": str(model_dir),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    atomic_write_json(out / "metrics.json", metrics, indent=2, default=str)
     write_report(metrics, out)
     return metrics

@@ -1,4 +1,5 @@
-"""The demo's settings: data sizes, the small model, and the training stages.
+"""The demo's recipe: its settings (data sizes, the model preset, the training stages' choices)
+and the training stages themselves, shared by ``perceiver-vl demo`` and ``perceiver-vl analyze``.
 
 ``full`` is the README's main job (at most ten minutes on a 2-core CPU); ``quick`` is the smoke
 version the test suite runs (about two minutes or less). Both train on the CPU with bf16
@@ -8,7 +9,15 @@ autocast.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+import torch
+
+from perceiver_vl.data import CachedClips, CaptionDataset, Tokenizer
+from perceiver_vl.data.synthetic import generate_benchmark
+from perceiver_vl.model import PerceiverVL
+from perceiver_vl.model.presets import preset_fields
 
 
 @dataclass
@@ -33,7 +42,8 @@ class DemoSettings:
             or ``val`` (for choosing a recipe without reading the test split).
         frames: (min, max) frames of a generated clip; clip_frames: T sampled per clip.
         size: frame side in pixels.
-        model: :class:`~perceiver_vl.PerceiverVLConfig` fields of the small model. Two input
+        model: :class:`~perceiver_vl.PerceiverVLConfig` fields: the ``demo`` model preset
+            (``demo-quick`` for ``quick``; :mod:`perceiver_vl.model.presets`). Two input
             options are ours, not the paper's (both off in the library's defaults):
             ``frame_difference`` (each patch's change from the previous frame is added to its
             token) and ``visual_position_init_std`` 0.2 (so "where" and "when" are visible to a
@@ -81,25 +91,7 @@ class DemoSettings:
     frames: tuple[int, int] = (8, 16)
     clip_frames: int = 8
     size: int = 64
-    model: dict[str, Any] = field(
-        default_factory=lambda: dict(
-            hidden_size=128,
-            num_heads=4,
-            num_self_attention_layers=4,
-            cross_attention_before_layers=(0, 2),
-            num_latents=32,
-            patch_size=16,
-            image_size=64,
-            max_frames=16,
-            max_text_length=16,
-            contrastive_dim=128,
-            dropout=0.0,
-            layerdrop=0.5,
-            cross_attention_residual="standard",
-            frame_difference=True,
-            visual_position_init_std=0.2,
-        )
-    )
+    model: dict[str, Any] = field(default_factory=lambda: preset_fields("demo"))
     batch_size: int = 64
     pretrain_steps: int = 500
     pretrain_lr: float = 1e-3
@@ -148,9 +140,179 @@ class DemoSettings:
             efficiency_image_size=64,
             latency_repeats=2,
             rerank_k=8,
+            model=preset_fields("demo-quick"),
         )
-        settings.model.update(hidden_size=64, num_heads=2, num_latents=16, contrastive_dim=64)
         return settings
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# The training stages (shared by the demo and the analyses)
+# ----------------------------------------------------------------------------------------------
+def cpu_trainer(out: Path, stage: str, steps: int, progress: bool):
+    """The stages' Lightning trainer: CPU, bf16 autocast, gradient clipping at 1.0, the CSV
+    logger under ``out/logs/<stage>``, no checkpoints and no validation loop."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        precision="bf16-mixed",
+        gradient_clip_val=1.0,
+        logger=CSVLogger(str(out / "logs"), name=stage, version=""),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=10,
+        default_root_dir=str(out),
+    )
+
+
+def train_stage(
+    module: Any, datamodule: Any, out: Path, stage: str, steps: int, progress: bool
+) -> dict[str, float]:
+    """Fit ``module`` for ``steps`` optimiser steps with :func:`cpu_trainer`; returns the
+    trainer's final logged metrics, rounded to 4 decimals."""
+    trainer = cpu_trainer(out, stage, steps, progress)
+    trainer.fit(module, datamodule=datamodule)
+    metrics: dict[str, float] = {}
+    for key, value in trainer.callback_metrics.items():
+        try:
+            metrics[key] = round(float(value), 4)
+        except (TypeError, ValueError):
+            continue
+    return metrics
+
+
+def _retrieval_inputs(test: CachedClips, tokenizer: Tokenizer):
+    from perceiver_vl.train.evaluation import RetrievalInputs
+
+    items = [test[i] for i in range(len(test))]
+    video = torch.stack([it["video"] for it in items])
+    video_mask = torch.stack([it["video_mask"] for it in items])
+    ids, mask = tokenizer([it["text"] for it in items])
+    return RetrievalInputs(
+        ids, mask, torch.arange(len(items)), video=video, video_mask=video_mask
+    ), [it["text"] for it in items]
+
+
+def prepare_training_data(
+    data_root: Path, settings: DemoSettings, *, seed: int, progress: bool, generate: bool = True
+) -> Any:
+    """Generate the benchmark (kept when already there; ``generate=False`` for a folder the user
+    brings) and a data module whose training clips are decoded once into memory."""
+    from perceiver_vl.train.datamodule import PerceiverVLDataModule
+
+    if generate:
+        generate_benchmark(
+            data_root,
+            num_train=settings.num_train,
+            num_val=settings.num_val,
+            num_test=settings.num_test,
+            frames=settings.frames,
+            size=settings.size,
+            seed=seed,
+            progress=progress,
+        )
+    datamodule = PerceiverVLDataModule(
+        train={
+            "kind": "captions",
+            "annotations": str(data_root / "train.jsonl"),
+            "media_root": str(data_root),
+            "cache": True,
+        },
+        batch_size=settings.batch_size,
+        num_workers=2,
+        num_frames=settings.clip_frames,
+        image_size=settings.size,
+        max_text_length=settings.model["max_text_length"],
+        mlm_probability=settings.mlm_probability,
+        seed=seed,
+        progress=progress,
+    )
+    datamodule.setup("fit")
+    datamodule.num_workers = 1  # cached clips: one worker keeps batches ready, one core trains
+    return datamodule
+
+
+def prepare_test_data(
+    data_root: Path, settings: DemoSettings, *, progress: bool, split: str = "test"
+):
+    """A held-out split (``test`` or ``val``) decoded into :class:`RetrievalInputs` (one unique
+    caption per video)."""
+    tokenizer = Tokenizer.default(max_length=settings.model["max_text_length"])
+    test_set = CaptionDataset(
+        data_root / f"{split}.jsonl", data_root, num_frames=settings.clip_frames, size=settings.size
+    )
+    test = CachedClips(test_set, num_workers=2, progress=progress, description=f"decoding {split}")
+    return _retrieval_inputs(test, tokenizer)
+
+
+def pretrain_model(
+    datamodule: Any,
+    settings: DemoSettings,
+    out: Path,
+    *,
+    seed: int,
+    progress: bool,
+    model_overrides: dict[str, Any] | None = None,
+) -> tuple[Any, dict[str, float]]:
+    """Stage 1: vision-text matching on the clean caption + masked LM on a corrupted copy (the
+    released code's two passes), with the config's LayerDrop."""
+    from perceiver_vl.train.module import PerceiverVLModule
+
+    module = PerceiverVLModule(
+        model={**settings.model, **(model_overrides or {})},
+        objectives=["matching", "mlm"],
+        loss_weights={"matching": settings.pretrain_matching_weight},
+        lr=settings.pretrain_lr,
+        warmup=0.1,
+        seed=seed,
+    )
+    metrics = train_stage(module, datamodule, out, "pretrain", settings.pretrain_steps, progress)
+    return module, metrics
+
+
+def finetune_model(
+    pretrained_dir: Path | None,
+    datamodule: Any,
+    settings: DemoSettings,
+    out: Path,
+    *,
+    seed: int,
+    progress: bool,
+    model_overrides: dict[str, Any] | None = None,
+    stage: str = "finetune",
+) -> tuple[PerceiverVL, dict[str, float]]:
+    """Stage 2, retrieval fine-tuning: ``settings.finetune_objectives`` (the cross-entropy of
+    the matching logits in ``settings.retrieval_streams``, optionally multi-stream contrastive)
+    with ``settings.finetune_layerdrop``. Starts from ``pretrained_dir`` (or from scratch
+    when None)."""
+    from perceiver_vl.train.module import PerceiverVLModule
+
+    overrides = {"layerdrop": settings.finetune_layerdrop, "dropout": settings.model["dropout"]}
+    overrides.update(model_overrides or {})
+    module = PerceiverVLModule(
+        pretrained=None if pretrained_dir is None else str(pretrained_dir),
+        model=overrides if pretrained_dir is not None else {**settings.model, **overrides},
+        objectives=list(settings.finetune_objectives),
+        retrieval_stream=list(settings.retrieval_streams),
+        retrieval_negatives=settings.mixed_stream_negatives,
+        single_stream_negatives=settings.single_stream_negatives,
+        hard_negatives=(
+            "single" in settings.retrieval_streams or settings.mixed_stream_negatives != "all"
+        ),
+        hard_negative_fraction=settings.hard_negative_fraction,
+        retrieval_directions=list(settings.retrieval_directions),
+        lr=settings.finetune_lr,
+        warmup=0.1,
+        seed=seed,
+    )
+    metrics = train_stage(module, datamodule, out, stage, settings.finetune_steps, progress)
+    return module.model.cpu().eval(), metrics

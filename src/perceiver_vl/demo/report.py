@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from perceiver_vl.fileio import atomic_savefig, atomic_write_text
 from perceiver_vl.model.streams import StreamMode
 
 MODE_NAMES = {
@@ -126,7 +127,7 @@ def _plot_retrieval_time(metrics: dict[str, Any], path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -159,7 +160,7 @@ def _plot_efficiency(metrics: dict[str, Any], path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle("Perceiver-VL against a joint transformer: cost against video length")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -283,5 +284,5 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
             "",
         ]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

@@ -12,6 +12,7 @@ import torch
 from .config import PerceiverVLConfig
 from .flops import count_flops
 from .modeling import PerceiverVL
+from .presets import preset, preset_names
 from .weights import ConversionReport
 
 
@@ -30,6 +31,13 @@ def add_arguments_for(command: str, parser: argparse.ArgumentParser) -> None:
             "--model",
             help="a model directory (config.json + model.safetensors); "
             "default: the paper configuration with random weights",
+        )
+        parser.add_argument(
+            "--preset",
+            choices=preset_names(),
+            default=None,
+            help="a named model size with random weights instead of --model "
+            f"({', '.join(preset_names())})",
         )
         parser.add_argument(
             "--frames",
@@ -77,9 +85,14 @@ def run_for(command: str, args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    model = (
-        PerceiverVL.from_pretrained(args.model) if args.model else PerceiverVL(PerceiverVLConfig())
-    )
+    if args.model and args.preset:
+        raise ValueError(
+            f"--model {args.model!r} and --preset {args.preset!r} both name a model; pass one"
+        )
+    if args.model:
+        model = PerceiverVL.from_pretrained(args.model)
+    else:
+        model = PerceiverVL(preset(args.preset or "paper"))
     model.eval()
     cfg = model.config
     _fit_input_to_model(args, cfg)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from perceiver_vl.fileio import atomic_write_json
+
 CrossAttentionResidual = Literal["normalized", "standard"]
 QALoss = Literal["bce", "ce"]
 ModalityAggregation = Literal["joint", "separate", "separate_plus"]
@@ -257,8 +259,9 @@ class PerceiverVLConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_json_file(self, path: str | Path) -> None:
+        """Write the config as JSON to ``path`` (atomically)."""
         payload = {"model_type": "perceiver-vl", "format_version": 1, **self.to_dict()}
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        atomic_write_json(path, payload, indent=2)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> PerceiverVLConfig:

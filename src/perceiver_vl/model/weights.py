@@ -19,10 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -31,6 +29,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from perceiver_vl.fileio import atomic_path
 
 from .config import PerceiverVLConfig
 from .embeddings import resize_position_grid
@@ -42,21 +42,6 @@ WEIGHTS_NAME = "model.safetensors"
 # ----------------------------------------------------------------------------------------------
 # Our format
 # ----------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # Fields that do not change what the weights compute at inference (training-time settings and
 # initialisation): config.json may change them without the weights being re-saved.
 RUNTIME_FIELDS = frozenset(
@@ -120,8 +105,9 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
         "perceiver_vl_config": json.dumps(model.config.to_dict(), sort_keys=True),
         "sha256": state_checksum(state),
     }
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata=metadata))
-    _atomic_write(directory / CONFIG_NAME, lambda p: model.config.to_json_file(p))
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    model.config.to_json_file(directory / CONFIG_NAME)
     return directory
 
 

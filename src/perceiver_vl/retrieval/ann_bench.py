@@ -38,11 +38,10 @@ from typing import Any
 
 import torch
 
-from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.model import PerceiverVL, preset
 from perceiver_vl.model.streams import StreamMode
 
-from . import ann
-from .bench import DEMO_CONFIG, _tokenizer
+from . import ann, media
 from .index import RetrievalIndex
 
 
@@ -73,9 +72,9 @@ def run_ann_benchmark(
 
         faiss.omp_set_num_threads(threads)
     torch.manual_seed(seed)
-    config = PerceiverVLConfig(**{**DEMO_CONFIG, "num_latents": 8})
+    config = preset("small", num_latents=8)
     model = PerceiverVL(config).eval()
-    tokenizer, tokenizer_name = _tokenizer(config.max_text_length)
+    tokenizer = media.default_tokenizer(config.max_text_length)
     from tqdm.auto import tqdm
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -150,7 +149,7 @@ def run_ann_benchmark(
         "num_queries": num_queries,
         "threads": torch.get_num_threads(),
         "embedding_dim": config.contrastive_dim,
-        "tokenizer": tokenizer_name,
+        "tokenizer": media.DEFAULT_TOKENIZER_NAME,
         "backend_chosen_by_auto": backend,
         "ann": ann.FACTORY_DESCRIPTION,
         "candidate_factor": ann.DEFAULT_CANDIDATE_FACTOR,
@@ -181,7 +180,7 @@ def synthetic_embeddings(
     import numpy as np
 
     torch.manual_seed(seed)
-    config = PerceiverVLConfig(**{**DEMO_CONFIG, "num_latents": 8})
+    config = preset("small", num_latents=8)
     model = PerceiverVL(config).eval()
     with torch.no_grad():
         parts = []

@@ -1,6 +1,6 @@
 """How fast one text query is answered over a large index, stage by stage.
 
-    python -m perceiver_vl.retrieval.bench [--videos 10000] [--size demo|paper|both] [--threads 2]
+    python -m perceiver_vl.retrieval.bench [--videos 10000] [--size small|paper|both] [--threads 2]
 
 Builds a synthetic index of random latents (the search cost does not depend on what the latents
 hold) with a randomly initialised model, then times, per query (median over repeats):
@@ -22,34 +22,17 @@ import statistics
 import sys
 import tempfile
 import time
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.model import PerceiverVL, PerceiverVLConfig, preset
 from perceiver_vl.model.streams import StreamMode
 
 from . import media
 from .index import RetrievalIndex
-
-#: A demo-sized model: what a CPU demo trains in minutes.
-DEMO_CONFIG = dict(
-    hidden_size=256,
-    num_heads=4,
-    num_self_attention_layers=4,
-    cross_attention_before_layers=(0, 2),
-    num_latents=64,
-    patch_size=32,
-    image_size=224,
-    max_frames=8,
-    max_text_length=40,
-    contrastive_dim=256,
-)
-#: The paper's model (ViT-B/32 latent stack, D=768, N=128, 12 layers).
-PAPER_CONFIG: dict[str, Any] = dict(max_frames=8)
 
 QUERIES = [
     "a red circle moves left",
@@ -61,28 +44,6 @@ QUERIES = [
     "cars drive along a busy street at night",
     "a small white ball falls from the top",
 ]
-
-
-class _HashTokenizer:
-    """Fallback when the data package is unavailable: words hashed into the BERT id range."""
-
-    def __init__(self, max_length: int) -> None:
-        self.max_length = max_length
-
-    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.zeros(len(texts), self.max_length, dtype=torch.long)
-        for i, text in enumerate(texts):
-            words = [1000 + zlib.crc32(w.encode()) % 29000 for w in text.lower().split()]
-            row = [101, *words[: self.max_length - 2], 102]
-            ids[i, : len(row)] = torch.tensor(row)
-        return ids, ids != 0
-
-
-def _tokenizer(max_length: int) -> tuple[media.TextTokenizer, str]:
-    try:
-        return media.default_tokenizer(max_length), "bert-base-uncased (perceiver_vl.data)"
-    except (ImportError, FileNotFoundError):
-        return _HashTokenizer(max_length), "hashing stand-in (perceiver_vl.data not available)"
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -114,9 +75,9 @@ def run_benchmark(
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    config = config or PerceiverVLConfig(**DEMO_CONFIG)
+    config = config or preset("small")
     model = PerceiverVL(config).eval()
-    tokenizer, tokenizer_name = _tokenizer(config.max_text_length)
+    tokenizer = media.default_tokenizer(config.max_text_length)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / "index"
         start = time.perf_counter()
@@ -185,7 +146,7 @@ def run_benchmark(
             "max_text_length": config.max_text_length,
             "parameters_M": round(model.num_parameters() / 1e6, 1),
         },
-        "tokenizer": tokenizer_name,
+        "tokenizer": media.DEFAULT_TOKENIZER_NAME,
         "index_build_s": round(build_s, 1),
         "index_disk_MB": round(disk_mb, 1),
         "open_s": round(open_s, 3),
@@ -217,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m perceiver_vl.retrieval.bench", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--videos", type=int, default=10_000, help="index size (default 10000)")
-    parser.add_argument("--size", choices=("demo", "paper", "both"), default="demo")
+    parser.add_argument(
+        "--size",
+        choices=("small", "paper", "both"),
+        default="small",
+        help="model preset: small (D=256, N=64, 4 layers) or paper (D=768, N=128, 12 layers)",
+    )
     parser.add_argument("--shortlist", type=int, default=100)
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=30)
@@ -225,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where the temporary index is written")
     parser.add_argument("--json", action="store_true", help="print JSON results")
     args = parser.parse_args(argv)
-    sizes = ("demo", "paper") if args.size == "both" else (args.size,)
+    sizes = ("small", "paper") if args.size == "both" else (args.size,)
     results = []
     for size in sizes:
-        config = PerceiverVLConfig(**(DEMO_CONFIG if size == "demo" else PAPER_CONFIG))
+        config = preset(size, max_frames=8) if size == "paper" else preset(size)
         result = run_benchmark(
             num_videos=args.videos,
             config=config,

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from perceiver_vl.fileio import atomic_write_bytes
 from perceiver_vl.model import PerceiverVL
 from perceiver_vl.model.streams import LATENT_MODES, StreamMode, stream_mode
 
@@ -832,7 +833,7 @@ class RetrievalIndex:
                 f"{storage.SHARD_SUFFIX}"
             )
             data = storage.shard_bytes(arrays, {"format": storage.FORMAT_NAME})
-            storage.atomic_write(self.path / name, lambda handle: handle.write(data))
+            atomic_write_bytes(self.path / name, data, make_parents=False)
             manifest["shards"].append(
                 {
                     "file": name,
@@ -1122,7 +1123,7 @@ class RetrievalIndex:
             shortlist.extend(self._embeddings[shortlist.count :].numpy())
         name = f"{ANN_PREFIX}{secrets.token_hex(4)}{ANN_SUFFIX}"
         data = shortlist.to_bytes()
-        storage.atomic_write(self.path / name, lambda handle: handle.write(data))
+        atomic_write_bytes(self.path / name, data, make_parents=False)
         self.manifest["ann"] = {
             "file": name,
             "count": shortlist.count,

@@ -1,8 +1,8 @@
 """Inputs of the index: which videos, how they are decoded, how queries are tokenised.
 
 Decoding and tokenisation belong to :mod:`perceiver_vl.data`; this module only finds the videos
-to index and adapts the data package's functions, imported when first needed. Callers (and tests)
-may pass their own callables with the same signatures instead.
+to index and adapts the data package's functions. Callers may pass their own callables with the
+same signatures instead.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import av.error
 from torch import Tensor
+
+from perceiver_vl.data import MediaError, Tokenizer, load_video
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif")
 ANNOTATION_EXTENSIONS = (".jsonl", ".json", ".csv")
@@ -31,16 +34,17 @@ class TextTokenizer(Protocol):
 VideoLoader = Callable[[Path, int, int], tuple[Tensor, Tensor]]
 
 
+#: What :func:`default_tokenizer` tokenises with (reported by the benchmarks).
+DEFAULT_TOKENIZER_NAME = "bert-base-uncased"
+
+
 def default_tokenizer(max_length: int) -> TextTokenizer:
     """The data package's BERT-uncased tokenizer, padded/truncated to ``max_length``."""
-    from perceiver_vl.data import Tokenizer
-
     return Tokenizer.default(max_length=max_length)
 
 
 def default_video_loader() -> VideoLoader:
     """The data package's evaluation-mode video decoder (deterministic frame sampling)."""
-    from perceiver_vl.data import load_video
 
     def load(path: Path, num_frames: int, size: int) -> tuple[Tensor, Tensor]:
         return load_video(path, num_frames, size, train=False)
@@ -51,23 +55,10 @@ def default_video_loader() -> VideoLoader:
 def media_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "this one video cannot be decoded": it is skipped and reported.
 
-    ``MediaError`` from the data package when present, and the OS / decoder errors a stand-in
-    loader may raise.
+    The data package's ``MediaError``, and the OS / decoder errors a caller's own loader may
+    raise.
     """
-    errors: list[type[BaseException]] = [OSError, ValueError]
-    try:
-        from perceiver_vl.data import MediaError
-
-        errors.insert(0, MediaError)
-    except ImportError:
-        pass
-    try:
-        import av.error
-
-        errors.append(av.error.FFmpegError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (MediaError, OSError, ValueError, av.error.FFmpegError)
 
 
 @dataclass

@@ -31,15 +31,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import struct
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from perceiver_vl.fileio import atomic_write_json
 
 FORMAT_NAME = "perceiver-vl-retrieval-index"
 FORMAT_VERSION = 1
@@ -61,39 +61,6 @@ class CorruptIndexError(RetrievalIndexError):
 
 class ModelMismatchError(RetrievalIndexError):
     """The model given does not match the model the index was built with."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Atomic writes
-# ----------------------------------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write ``path`` through a temporary file in the same directory: write, fsync, rename.
-
-    ``write`` receives a binary file object. A crash leaves either the old file or the new one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -291,5 +258,4 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     """Atomically replace ``directory/manifest.json``."""
-    data = json.dumps(manifest, indent=1, sort_keys=False).encode("utf-8") + b"\n"
-    atomic_write(Path(directory) / MANIFEST_NAME, lambda handle: handle.write(data))
+    atomic_write_json(Path(directory) / MANIFEST_NAME, manifest, indent=1, make_parents=False)

@@ -6,6 +6,10 @@
 :func:`perceiver_vl.serve.app.create_app` wraps it in a FastAPI app (``pip install
 'perceiver-vl[serve]'``); :mod:`perceiver_vl.serve.loadbench` measures it under concurrent
 clients. See ``docs/retrieval.md``.
+
+May import: :mod:`perceiver_vl.retrieval`, :mod:`perceiver_vl.model`, :mod:`perceiver_vl.fileio`
+and the ``serve`` extra (FastAPI, uvicorn, httpx), which only ``app``, ``loadbench`` and the
+command's run import.
 """
 
 from .service import SearchPage, SearchRequest, SearchService, ServeSettings

@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from perceiver_vl.retrieval import storage
+from perceiver_vl.fileio import atomic_write_bytes
 
 #: Frames decoded at most when looking for the middle frame of a clip whose length is unknown.
 _MAX_FRAMES_SCANNED = 300
@@ -37,7 +37,7 @@ def cached_thumbnail(path: Path, entry: dict[str, Any], cache_dir: Path, *, widt
     target = cache_dir / cache_key(path, entry, width)
     if not target.is_file():
         data = make_thumbnail(path, width=width)
-        storage.atomic_write(target, lambda handle: handle.write(data))
+        atomic_write_bytes(target, data)
     return target
 
 

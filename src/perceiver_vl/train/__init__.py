@@ -1,5 +1,11 @@
 """Training and evaluation of Perceiver-VL on Lightning (the model itself stays Lightning-free).
 
+Belongs here: the LightningModule and data module, objectives and losses, the training CLI and
+callbacks, resumption, checkpoint export, and evaluation (retrieval in every stream mode, QA).
+May import: :mod:`perceiver_vl.model`, :mod:`perceiver_vl.data`, :mod:`perceiver_vl.metrics`,
+:mod:`perceiver_vl.fileio`, Lightning and jsonargparse (the ``train`` extra); not retrieval,
+bench, serve, demo or analysis.
+
 Public names (imported lazily, so ``import perceiver_vl.train`` is cheap):
 
 * :class:`PerceiverVLModule`, :class:`PerceiverVLDataModule`, :class:`PerceiverVLCLI`;

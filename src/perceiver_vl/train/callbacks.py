@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,26 +17,20 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 
+from perceiver_vl.fileio import atomic_open
+
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the target folder, fsync, then rename over ``path``:
-    a crash leaves either the previous file or the complete new one, never a partial file."""
+    """``torch.save`` through :func:`perceiver_vl.fileio.atomic_open`: a crash leaves either the
+    previous file or the complete new one, never a partial file. A failed write (a full disk) is
+    an ``OSError`` naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_open(path, "wb") as handle:
             torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except (OSError, RuntimeError) as err:
         # torch reports a full disk as "enforce fail at inline_container.cc ... file write failed"
-        if isinstance(err, OSError) or (
-            isinstance(err, RuntimeError) and "write" in str(err).lower()
-        ):
+        if isinstance(err, OSError) or "write" in str(err).lower():
             raise OSError(
                 getattr(err, "errno", None) or errno.ENOSPC,
                 f"could not write checkpoint {str(path)!r} ({str(err).splitlines()[0]}); is the "
@@ -45,14 +38,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
                 str(path),
             ) from err
         raise
-    try:  # persist the rename itself
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

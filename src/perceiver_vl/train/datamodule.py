@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from perceiver_vl.data import Collator, SharedWordBatchSampler, Tokenizer
+from perceiver_vl.fileio import atomic_write_json
 
 from .resume import EpochSampler, stable_seed
 
@@ -548,7 +549,6 @@ class PerceiverVLDataModule(pl.LightningDataModule):
     def report_skipped(self, out_dir: str | Path | None) -> Path | None:
         """Print the skipped-sample summary (if anything was skipped) to stderr and write it as
         ``skipped_samples.json`` into ``out_dir``; returns the file written."""
-        import json
         import sys
 
         skipped = self.skipped_samples()
@@ -559,8 +559,7 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         if out_dir is None:
             return None
         path = Path(out_dir) / "skipped_samples.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(skipped, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(path, skipped, indent=2)
         print(f"[perceiver-vl] skipped-sample summary written to {path}", file=sys.stderr)
         return path
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from perceiver_vl.fileio import atomic_write_json
 from perceiver_vl.model import PerceiverVL
 
 from .evaluation import (
@@ -121,10 +122,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(results))
     default_name = f"eval_{Path(args.model).resolve().name}_{args.split}.json"
     out = Path(args.output) if args.output else Path(default_name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_write_json(out, results, indent=2)
     print(f"wrote {out}", file=sys.stderr)
     dm.report_skipped(out.parent)
     return 0

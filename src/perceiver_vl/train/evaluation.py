@@ -57,6 +57,19 @@ class RetrievalInputs:
         assert visual is not None
         return int(visual.shape[0])
 
+    def head(self, n: int) -> RetrievalInputs:
+        """The first ``n`` captions and the first ``n`` videos/images: a smaller gallery of the
+        same kind, for inputs with one caption per video in video order (caption ``i`` of
+        video ``i``, as the demo's unique-caption splits are)."""
+        return RetrievalInputs(
+            self.text_ids[:n],
+            self.text_mask[:n],
+            self.text_to_video[:n],
+            video=None if self.video is None else self.video[:n],
+            video_mask=None if self.video_mask is None else self.video_mask[:n],
+            images=None if self.images is None else self.images[:n],
+        )
+
     def visual(self, index: slice | Tensor) -> dict[str, Tensor]:
         if self.video is not None:
             mask = None if self.video_mask is None else self.video_mask[index]

@@ -4,7 +4,6 @@ LayerDrop steps shared by every rank, and validation metrics."""
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from perceiver_vl.fileio import atomic_write_json
 from perceiver_vl.metrics import qa_accuracy, retrieval_metrics, vqa_score
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
 
@@ -411,9 +411,7 @@ class PerceiverVLModule(pl.LightningModule):
                 )
         if stage == "fit" and self.vit_report is not None and self.trainer.is_global_zero:
             folder = Path(self.trainer.default_root_dir) / "checkpoints"
-            folder.mkdir(parents=True, exist_ok=True)
-            report_path = folder / "vit_init_report.json"
-            report_path.write_text(json.dumps(self.vit_report, indent=1) + "\n")
+            atomic_write_json(folder / "vit_init_report.json", self.vit_report, indent=1)
         if stage == "fit" and self.hparams.effective_batch_size and dm is not None:
             num_sets = max(1, len(getattr(dm, "specs", {}).get("train") or [None]))
             accumulate, samples = accumulation_steps(

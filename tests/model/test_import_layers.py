@@ -18,7 +18,7 @@ PACKAGE = Path(perceiver_vl.model.__file__).parent
 # Lowest first. A new module must be placed here (the test below refuses unknown modules).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("config", "flops"),
-    ("attention",),
+    ("presets", "attention"),
     ("split_attention",),
     ("embeddings", "encoder", "decoder", "heads"),
     ("weights",),

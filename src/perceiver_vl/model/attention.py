@@ -6,6 +6,7 @@ All attention goes through ``F.scaled_dot_product_attention``. Key masks are boo
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -182,7 +183,14 @@ class CrossAttentionBlock(nn.Module):
 
 
 def expand_batch(t: Tensor, batch_size: int) -> Tensor:
-    """(1, ...) or (...) learned array -> (B, ...) view without copying."""
+    """(1, ...) or (...) learned array -> (B, ...) view without copying.
+
+    With autograd off (``torch.no_grad()`` / ``torch.inference_mode()``) the view is taken of the
+    detached array: a view of a parameter made under no-grad still says ``requires_grad`` but has
+    no grad_fn, and tools that hook module inputs (``FlopCounterMode``'s module tracker) fail on it.
+    """
+    if not torch.is_grad_enabled():
+        t = t.detach()
     if t.dim() == 2:
         t = t.unsqueeze(0)
     return t.expand(batch_size, *t.shape[1:])

@@ -2,6 +2,8 @@
 
 All attention goes through ``F.scaled_dot_product_attention``. Key masks are boolean with
 ``True`` = attend; a query whose keys are all masked gets a zero attention output instead of NaN.
+Nothing here reads tensor values back to the host, so the blocks trace into one graph under
+``torch.compile``.
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ from torch import Tensor, nn
 
 
 def _key_mask_for_sdpa(key_mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
-    """(B, M) bool key mask -> ((B, 1, 1, M) SDPA mask or None, (B,) rows-with-any-key or None)."""
+    """(B, M) bool key mask -> ((B, 1, 1, M) SDPA mask or None, (B,) rows-with-any-key or None).
+
+    Device-side only (no host read of mask values): a sample with no real key would give softmax
+    over nothing (NaN), so it attends to all keys and its output is zeroed with ``has_key``.
+    The model drops masks that are all True at its public boundary, so a valid unpadded batch
+    reaches here with None.
+    """
     if key_mask is None:
         return None, None
     has_key = key_mask.any(dim=-1)
-    if bool(has_key.all()):
-        if bool(key_mask.all()):
-            return None, None
-        return key_mask[:, None, None, :], None
-    # A sample with no real key would give softmax over nothing (NaN): let it attend to all
-    # keys, then zero its output below.
     safe = key_mask | ~has_key[:, None]
     return safe[:, None, None, :], has_key
 

@@ -72,8 +72,7 @@ def attention_summary(model: PerceiverVL, latents: Tensor) -> tuple[Tensor, Tens
     heads = attn.num_heads
     head_dim = d // heads
     query = attn.q(block.norm1(model.decoder.cls_query.to(latents.dtype))).view(heads, head_dim)
-    keys = attn.k(latents).view(n, length, heads, head_dim)
-    values = attn.v(latents).view(n, length, heads, head_dim)
+    keys, values = attn.kv(latents).view(n, length, 2, heads, head_dim).unbind(2)
     scores = torch.einsum("nkhd,hd->nhk", keys, query) * head_dim**-0.5
     weighted = torch.einsum("nhk,nkhd->nhd", scores.softmax(dim=-1), values)
     return scores.logsumexp(dim=-1), weighted

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .attention import fuse_key_value_projections
 from .config import PerceiverVLConfig
 from .embeddings import resize_position_grid
 
@@ -430,7 +431,7 @@ def convert_official_state_dict(
                 break
         else:
             ignored.append(key)
-    return out, ignored
+    return fuse_key_value_projections(out), ignored
 
 
 def load_official_checkpoint(

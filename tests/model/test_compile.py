@@ -18,7 +18,11 @@ def _padded_inputs():
 def test_compiled_forward_and_training_step_without_graph_breaks():
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = PerceiverVL(tiny_config(dropout=0.0)).eval()
+    # two layers and two cross-attention blocks: every code path, half the tracing time
+    config = tiny_config(
+        dropout=0.0, num_self_attention_layers=2, cross_attention_before_layers=(0, 1)
+    )
+    model = PerceiverVL(config).eval()
     inputs = _padded_inputs()
     # fullgraph=True raises at the first graph break (a host read, an unsupported call); the
     # "eager" backend runs the captured graph as is, which keeps the test fast

@@ -111,11 +111,12 @@ def test_table_and_targets():
     text = "\n".join(lines)
     assert "85 % of the fp32 matmul" in text and "met" in lines[0]
     assert "2.86x" in text
+    assert "243 % of the bf16 matmul throughput" in text  # both precisions against their own rate
     assert "perceiver-vl fp32 latency 8 -> 32 frames: x2.00" in text
     assert "joint fp32 latency 8 -> 32 frames: x9.00" in text
     assert "NOT met" not in text
-    slow = summarize_targets([_row(ms=500.0)])
-    assert "NOT met" in slow[0]
+    slow = summarize_targets([_row(ms=500.0), _row(dtype="bf16", ms=500.0)])
+    assert "NOT met" in slow[0] and "bf16 matmul" in slow[1] and "NOT met" in slow[1]
 
 
 def test_plots_are_written(tmp_path):

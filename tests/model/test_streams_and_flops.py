@@ -106,6 +106,30 @@ def test_flops_count_attention():
     assert total - counter.get_total_flops() == attention
 
 
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
+def test_flops_counted_without_autograd(grad_mode):
+    """FlopCounterMode directly and count_flops both work under no_grad and inference_mode
+    (as fvcore-style tools call them), and count what a plain call counts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = PerceiverVL(tiny_config()).eval()
+    video, ids, mask = make_inputs(batch=2)
+    labels = torch.full_like(ids, -100)
+    labels[:, 1] = ids[:, 1]
+    inputs = dict(video=video, text_ids=ids, text_mask=mask, mlm_labels=labels)
+    with FlopCounterMode(display=False) as reference:
+        model(**inputs)
+    with grad_mode(), FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    assert counter.get_total_flops() == reference.get_total_flops() > 0
+    with grad_mode():
+        counted = count_flops(model, **inputs)
+        text_only = count_flops_of(model.encode, text_ids=ids)
+    assert counted == count_flops(model, **inputs) > counter.get_total_flops()
+    assert text_only == count_flops_of(model.encode, text_ids=ids) > 0
+
+
 @pytest.mark.parametrize(
     "frames, latents, target, tol",
     [(8, 128, 43.9, 0.05), (0, 128, 30.5, 0.05), (0, 64, 17.0, 0.10)],

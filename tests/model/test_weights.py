@@ -33,6 +33,27 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, tiny_model):
     )
 
 
+def test_separate_key_value_weights_are_fused_on_load(tmp_path, tiny_model):
+    """Files written before the fused key/value projection (``attn.k`` / ``attn.v``) still load."""
+    tiny_model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "model.safetensors"
+    state = load_file(path)
+    fused = [k for k in state if k.endswith(".attn.kv.weight")]
+    assert fused  # every cross-attention block, the decoder's included
+    for key in [k for k in state if ".attn.kv." in k]:
+        keys, values = state.pop(key).chunk(2)
+        state[key.replace(".kv.", ".k.")] = keys.contiguous()
+        state[key.replace(".kv.", ".v.")] = values.contiguous()
+    save_file(state, path)
+    with pytest.warns(UserWarning, match="checksum"):  # the rewritten file has lost its checksum
+        loaded = PerceiverVL.from_pretrained(tmp_path / "m")
+    for (k, a), (k2, b) in zip(tiny_model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    strict = PerceiverVL(tiny_model.config)
+    strict.load_state_dict(state)  # plain load_state_dict fuses too
+    assert torch.equal(strict.decoder.block.attn.kv.weight, tiny_model.decoder.block.attn.kv.weight)
+
+
 def test_from_pretrained_errors(tmp_path, tiny_model):
     with pytest.raises(FileNotFoundError, match="config.json"):
         PerceiverVL.from_pretrained(tmp_path)

@@ -278,6 +278,8 @@ def summarize_targets(rows: Sequence[dict[str, Any]]) -> list[str]:
 
     - the paper configuration (8 frames, 384^2, N=128, three blocks, batch 1, fp32) at >= 70 %
       of the fp32 matmul throughput;
+    - the same in bf16 at >= 50 % of the bf16 matmul throughput (issue #20, for CPUs without
+      AMX);
     - bf16 at least 2.5x faster than fp32 (same configuration);
     - latency from 8 to 32 frames: Perceiver-VL x <= 2.2, the joint baseline x >= 8.
     """
@@ -300,13 +302,20 @@ def summarize_targets(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"({fp32['gflops_per_s']:.0f} of {fp32['matmul_gflops_per_s']:.0f} GFLOP/s; "
             f"target >= 70 %): {'met' if fraction >= 0.7 else 'NOT met'}"
         )
-        bf16 = pick(**pvl, dtype="bf16")
-        if bf16 is not None:
-            speedup = fp32["latency_ms_median"] / bf16["latency_ms_median"]
-            lines.append(
-                f"bf16 {bf16['latency_ms_median']:.1f} ms vs fp32 {fp32['latency_ms_median']:.1f} "
-                f"ms: {speedup:.2f}x (target >= 2.5x): {'met' if speedup >= 2.5 else 'NOT met'}"
-            )
+    bf16 = pick(**pvl, dtype="bf16")
+    if bf16 is not None and bf16["fraction_of_matmul_peak"] is not None:
+        fraction = bf16["fraction_of_matmul_peak"]
+        lines.append(
+            f"paper config bf16 at {100 * fraction:.0f} % of the bf16 matmul throughput "
+            f"({bf16['gflops_per_s']:.0f} of {bf16['matmul_gflops_per_s']:.0f} GFLOP/s; "
+            f"target >= 50 % on a CPU without AMX): {'met' if fraction >= 0.5 else 'NOT met'}"
+        )
+    if fp32 is not None and bf16 is not None:
+        speedup = fp32["latency_ms_median"] / bf16["latency_ms_median"]
+        lines.append(
+            f"bf16 {bf16['latency_ms_median']:.1f} ms vs fp32 {fp32['latency_ms_median']:.1f} "
+            f"ms: {speedup:.2f}x (target >= 2.5x): {'met' if speedup >= 2.5 else 'NOT met'}"
+        )
     for model, spec, target, sign in (
         ("perceiver-vl", pvl, 2.2, "<="),
         ("joint", dict(model="joint"), 8.0, ">="),

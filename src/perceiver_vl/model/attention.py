@@ -1,26 +1,29 @@
-"""Attention blocks: latent self-attention (fused QKV) and cross-attention (separate Q, K, V).
+"""Attention blocks: latent self-attention (fused QKV) and cross-attention (Q, fused KV).
 
 All attention goes through ``F.scaled_dot_product_attention``. Key masks are boolean with
 ``True`` = attend; a query whose keys are all masked gets a zero attention output instead of NaN.
+Nothing here reads tensor values back to the host, so the blocks trace into one graph under
+``torch.compile``.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
 def _key_mask_for_sdpa(key_mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
-    """(B, M) bool key mask -> ((B, 1, 1, M) SDPA mask or None, (B,) rows-with-any-key or None)."""
+    """(B, M) bool key mask -> ((B, 1, 1, M) SDPA mask or None, (B,) rows-with-any-key or None).
+
+    Device-side only (no host read of mask values): a sample with no real key would give softmax
+    over nothing (NaN), so it attends to all keys and its output is zeroed with ``has_key``.
+    The model drops masks that are all True at its public boundary, so a valid unpadded batch
+    reaches here with None.
+    """
     if key_mask is None:
         return None, None
     has_key = key_mask.any(dim=-1)
-    if bool(has_key.all()):
-        if bool(key_mask.all()):
-            return None, None
-        return key_mask[:, None, None, :], None
-    # A sample with no real key would give softmax over nothing (NaN): let it attend to all
-    # keys, then zero its output below.
     safe = key_mask | ~has_key[:, None]
     return safe[:, None, None, :], has_key
 
@@ -66,29 +69,48 @@ class SelfAttention(nn.Module):
         return out
 
 
+def fuse_key_value_projections(state: dict[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
+    """Replace separate ``{prefix}...k.{weight,bias}`` / ``v.`` tensors (the released checkpoint's
+    and older saves' layout) by the fused ``kv.`` rows [keys; values], in place; returns state."""
+    for key in [k for k in state if k.startswith(prefix) and k.endswith(".k.weight")]:
+        stem = key[: -len("k.weight")]
+        for part in ("weight", "bias"):
+            k_key, v_key = f"{stem}k.{part}", f"{stem}v.{part}"
+            if k_key in state and v_key in state and f"{stem}kv.{part}" not in state:
+                state[f"{stem}kv.{part}"] = torch.cat([state.pop(k_key), state.pop(v_key)])
+    return state
+
+
 class CrossAttention(nn.Module):
     """Multi-head cross-attention: queries from one array, keys/values from another.
 
-    Separate ``q``, ``k``, ``v`` projections (the released checkpoint's names). Keys and values
-    of the context are projected once per call, whatever the number of queries.
+    ``q`` projects the queries; ``kv`` projects the context to keys and values in one matmul of
+    twice the width (rows [keys; values]), since the context (thousands of tokens) dominates the
+    cost. State dicts with separate ``k`` / ``v`` projections (the released checkpoint's names)
+    are fused on load. Keys and values are projected once per call, whatever the number of
+    queries.
     """
 
     def __init__(self, *, dim: int, num_heads: int, attention_dropout: float = 0.0) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
         self.attention_dropout = attention_dropout
+        self._register_load_state_dict_pre_hook(self._fuse_on_load)
+
+    @staticmethod
+    def _fuse_on_load(state: dict[str, Tensor], prefix: str, *args: object) -> None:
+        if f"{prefix}k.weight" in state:
+            fuse_key_value_projections(state, prefix)
 
     def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """context: (B, M, D) -> keys, values (B, heads, M, head_dim). Reusable across queries."""
         b, m, d = context.shape
         h = self.num_heads
-        k = self.k(context).view(b, m, h, d // h).transpose(1, 2)
-        v = self.v(context).view(b, m, h, d // h).transpose(1, 2)
-        return k, v
+        kv = self.kv(context).view(b, m, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
 
     def attend(self, x: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """x: (B, Q, D) queries over projected keys/values (B, heads, M, head_dim) -> (B, Q, D)."""
@@ -182,7 +204,14 @@ class CrossAttentionBlock(nn.Module):
 
 
 def expand_batch(t: Tensor, batch_size: int) -> Tensor:
-    """(1, ...) or (...) learned array -> (B, ...) view without copying."""
+    """(1, ...) or (...) learned array -> (B, ...) view without copying.
+
+    With autograd off (``torch.no_grad()`` / ``torch.inference_mode()``) the view is taken of the
+    detached array: a view of a parameter made under no-grad still says ``requires_grad`` but has
+    no grad_fn, and tools that hook module inputs (``FlopCounterMode``'s module tracker) fail on it.
+    """
+    if not torch.is_grad_enabled():
+        t = t.detach()
     if t.dim() == 2:
         t = t.unsqueeze(0)
     return t.expand(batch_size, *t.shape[1:])
@@ -195,4 +224,5 @@ __all__ = [
     "SelfAttention",
     "SelfAttentionBlock",
     "expand_batch",
+    "fuse_key_value_projections",
 ]

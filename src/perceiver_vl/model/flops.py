@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -18,13 +19,17 @@ from torch.utils.flop_counter import FlopCounterMode
 def count_flops(model: nn.Module, **forward_inputs: Any) -> int:
     """FLOPs of one ``model(**forward_inputs)`` call, attention included.
 
-    (Counted with autograd on: FlopCounterMode's module tracker needs grad_fns on parameter
-    views. Nothing is backpropagated.)
+    Counted without building an autograd graph; works whatever the caller's grad mode
+    (plain, ``torch.no_grad()`` or ``torch.inference_mode()``).
     """
     was_training = model.training
     model.eval()
     try:
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        with (
+            torch.no_grad(),
+            sdpa_kernel(SDPBackend.MATH),
+            FlopCounterMode(display=False) as counter,
+        ):
             model(**forward_inputs)
     finally:
         model.train(was_training)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +71,10 @@ class _Inputs:
     batch_size: int
 
 
-def _bool_mask(mask: Tensor, name: str) -> Tensor:
-    """A 0/1 or bool mask as bool; any other value (0.5, 2, -1) is an error, not True."""
-    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+def _bool_mask(mask: Tensor, name: str, check_values: bool = True) -> Tensor:
+    """A 0/1 or bool mask as bool; any other value (0.5, 2, -1) is an error, not True
+    (checked only with ``check_values``, since reading values back stalls the device)."""
+    if check_values and mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
         odd = mask[(mask != 0) & (mask != 1)].flatten()[:3].tolist()
         raise ValueError(
             f"{name} must be bool (True = real) or hold only 0 and 1, got values {odd}; "
@@ -145,6 +148,37 @@ class PerceiverVL(nn.Module):
         self.layerdrop_counter = 0
         # Refuse NaN/inf pixels (one reduction per call); False skips it for trusted batches.
         self.check_finite = True
+        # Checks that read input values back to the host (id and label ranges, 0/1 masks, whether
+        # a mask is all True); False (see ``trusted_inputs``) leaves only shape/dtype checks.
+        self.check_input_values = True
+
+    @contextmanager
+    def trusted_inputs(self) -> Iterator[PerceiverVL]:
+        """Within this context, skip every input check that reads tensor values.
+
+        Shapes, dtypes and devices are still checked (they are known on the host); token-id
+        ranges, label values, 0/1 masks and NaN/inf pixels are not, and masks are used as given
+        (an all-True mask is not dropped). The forward then makes no host synchronisation, which
+        keeps a GPU busy and lets ``torch.compile(model, fullgraph=True)`` trace it as one graph::
+
+            with model.trusted_inputs():
+                out = compiled(video=video, text_ids=ids, text_mask=mask,
+                               cross_attention_layers=model.select_cross_attention_blocks())
+
+        (Under compile, choose the LayerDrop blocks eagerly as above: the decision comes from a
+        seeded host-side generator, and each choice of blocks is its own graph.) Masked-LM labels
+        stay data-dependent: the loss gathers the masked positions, whose number varies.
+        """
+        saved = self.check_input_values, self.check_finite
+        self.check_input_values = self.check_finite = False
+        try:
+            yield self
+        finally:
+            self.check_input_values, self.check_finite = saved
+
+    def _all_true(self, mask: Tensor) -> bool:
+        """Whether the mask is known to be all True (one host read; False when not checking)."""
+        return self.check_input_values and bool(mask.all())
 
     def _init_linear_layers(self) -> None:
         """Linear weights: truncated normal with ``config.initializer_range`` (None = 1/sqrt(fan_in),
@@ -228,8 +262,10 @@ class PerceiverVL(nn.Module):
                         f"video_mask must be (B, T) = {tuple(frames.shape[:2])} to match video, "
                         f"got {_describe(video_mask)}"
                     )
-                frame_mask = _bool_mask(video_mask, "video_mask").to(frames.device)
-                if not bool(frame_mask.all()):
+                frame_mask = _bool_mask(video_mask, "video_mask", self.check_input_values).to(
+                    frames.device
+                )
+                if not self._all_true(frame_mask):
                     # padding never reaches the output, whatever it holds (even NaN)
                     frames = frames.masked_fill(~frame_mask[:, :, None, None, None], 0.0)
             if self.check_finite:
@@ -254,11 +290,13 @@ class PerceiverVL(nn.Module):
                     f"batch sizes differ: visual input has {batch} samples, text_ids has "
                     f"{text_ids.shape[0]}"
                 )
-            lo, hi = int(text_ids.min()), int(text_ids.max())
-            if lo < 0 or hi >= cfg.vocab_size:
-                raise ValueError(
-                    f"text_ids values must lie in [0, vocab_size={cfg.vocab_size}), got [{lo}, {hi}]"
-                )
+            if self.check_input_values:
+                lo, hi = int(text_ids.min()), int(text_ids.max())
+                if lo < 0 or hi >= cfg.vocab_size:
+                    raise ValueError(
+                        f"text_ids values must lie in [0, vocab_size={cfg.vocab_size}), "
+                        f"got [{lo}, {hi}]"
+                    )
             batch = text_ids.shape[0]
             if text_mask is not None:
                 if not isinstance(text_mask, Tensor) or text_mask.shape != text_ids.shape:
@@ -266,7 +304,9 @@ class PerceiverVL(nn.Module):
                         f"text_mask must have the shape of text_ids {tuple(text_ids.shape)}, "
                         f"got {_describe(text_mask)}"
                     )
-                text_mask = _bool_mask(text_mask, "text_mask").to(text_ids.device)
+                text_mask = _bool_mask(text_mask, "text_mask", self.check_input_values).to(
+                    text_ids.device
+                )
         elif text_mask is not None:
             raise ValueError("text_mask was given without text_ids=")
         assert batch is not None
@@ -285,7 +325,7 @@ class PerceiverVL(nn.Module):
             if self.modality_embed is not None:
                 tokens = tokens + self.modality_embed.weight[0]
             mask = None
-            if inputs.frame_mask is not None and not bool(inputs.frame_mask.all()):
+            if inputs.frame_mask is not None and not self._all_true(inputs.frame_mask):
                 per_frame = tokens.shape[1] // frames.shape[1]
                 mask = inputs.frame_mask.repeat_interleave(per_frame, dim=1)
             visual = (self.encoder.input_norm(tokens), mask)
@@ -294,7 +334,7 @@ class PerceiverVL(nn.Module):
             if self.modality_embed is not None:
                 tokens = tokens + self.modality_embed.weight[1]
             mask = inputs.text_mask
-            if mask is not None and bool(mask.all()):
+            if mask is not None and self._all_true(mask):
                 mask = None
             text = (self.encoder.input_norm(tokens), mask)
         return visual, text
@@ -415,16 +455,17 @@ class PerceiverVL(nn.Module):
                     f"{None if inputs.text_ids is None else tuple(inputs.text_ids.shape)}, "
                     f"got {_describe(mlm_labels)}"
                 )
-            targets = mlm_labels[mlm_labels != -100]
+            targets = mlm_labels[mlm_labels != -100] if self.check_input_values else None
             if mlm_labels.is_floating_point() or (
-                targets.numel()
+                targets is not None
+                and targets.numel()
                 and (int(targets.min()) < 0 or int(targets.max()) >= self.config.vocab_size)
             ):
                 raise ValueError(
                     f"mlm_labels must be integer token ids in [0, vocab_size="
                     f"{self.config.vocab_size}) at targets and -100 elsewhere, got "
                     f"{_describe(mlm_labels)} with target values "
-                    f"{targets.flatten()[:3].tolist() if targets.numel() else []}"
+                    f"{targets.flatten()[:3].tolist() if targets is not None else []}"
                 )
             queries.append(self.decoder.mlm_queries(mlm_labels))
         query_array = queries[0] if len(queries) == 1 else torch.cat(queries, dim=1)
@@ -437,8 +478,10 @@ class PerceiverVL(nn.Module):
         if has_both:
             out.matching_logits = self.matching_head(states[:, 0])
             if matching_labels is not None:
-                if matching_labels.numel() and not bool(
-                    ((matching_labels == 0) | (matching_labels == 1)).all()
+                if (
+                    self.check_input_values
+                    and matching_labels.numel()
+                    and not bool(((matching_labels == 0) | (matching_labels == 1)).all())
                 ):
                     raise ValueError(
                         "matching_labels must hold only 1 (the pair matches) and 0 (it does "
@@ -532,7 +575,11 @@ class PerceiverVL(nn.Module):
                 or index.dtype == torch.bool
             ):
                 raise ValueError(f"{name} must be a 1-D integer tensor, got {_describe(index)}")
-            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
+            if (
+                self.check_input_values
+                and index.numel()
+                and (int(index.min()) < 0 or int(index.max()) >= size)
+            ):
                 raise ValueError(f"{name} values must lie in [0, {size}), the number of items")
         if visual_index.shape != text_index.shape or visual_index.numel() == 0:
             raise ValueError(

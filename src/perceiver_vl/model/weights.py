@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from perceiver_vl.fileio import atomic_path
 
+from .attention import fuse_key_value_projections
 from .config import PerceiverVLConfig
 from .embeddings import resize_position_grid
 
@@ -424,7 +425,7 @@ def convert_official_state_dict(
                 break
         else:
             ignored.append(key)
-    return out, ignored
+    return fuse_key_value_projections(out), ignored
 
 
 def read_official_checkpoint(

@@ -1,0 +1,185 @@
+"""Time our forward and the authors' side by side, as single-thread CPU time.
+
+    python scripts/side_by_side.py [--rounds 3] [--frames 8,32] [--json out.json] [--no-extras]
+        [--authors ../shared/reference] [--authors-root ~/.cache/pvl-authors]
+
+Two long-lived worker processes, one per implementation, each with ``torch.set_num_threads(1)``;
+the driver asks them in turn (ours, theirs, ours, theirs, ...) for one timed forward at a time,
+so a change in machine load hits both alike. Each forward is timed with ``time.thread_time()``
+(CPU time of the calling thread: with one intra-op thread all the work runs on it), which a
+loaded, shared machine does not inflate the way it inflates wall-clock time; wall-clock time is
+recorded beside it. Medians over rounds are reported.
+
+Paper configuration: 384x384 frames, 40 text tokens, N = 128 latents, all three
+cross-attention blocks, batch 1, eval + inference_mode, vision-text matching score. The authors'
+side runs their released code through the measuring tool in ``--authors`` (run
+``authors-bench`` there once first: it builds the venv and sources under ``--authors-root``); nothing
+of it is imported by the project. Our extra rows: bf16 weights, batch 16 throughput and the
+text-only encode (what a search query costs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The worker programs read one case per stdin line ("kind frames dtype batch") and answer with
+# one JSON line {"cpu_s": ..., "wall_s": ...}; the first line they print is "ready".
+OURS = r"""
+import copy, json, sys, time, torch
+torch.set_num_threads(1)
+from perceiver_vl import PerceiverVL, PerceiverVLConfig
+from perceiver_vl.flops import count_flops_of
+torch.manual_seed(0)
+models = {"fp32": PerceiverVL(PerceiverVLConfig(max_frames=32)).eval()}
+models["bf16"] = copy.deepcopy(models["fp32"]).to(torch.bfloat16)
+print("ready", flush=True)
+for line in sys.stdin:
+    kind, frames, dtype, batch = line.split()
+    frames, batch = int(frames), int(batch)
+    model = models[dtype]
+    g = torch.Generator().manual_seed(frames)
+    ids = torch.randint(1000, 30000, (batch, 40), generator=g)
+    video = torch.randn(batch, frames, 3, 384, 384, generator=g).clamp_(-1, 1)
+    video = video.to(model.encoder.latents.dtype)
+    if kind == "matmul":  # the machine's square-matmul rate in this dtype, same clock
+        a, b = (torch.randn(2048, 2048, generator=g).to(model.encoder.latents.dtype) for _ in "ab")
+        torch.mm(a, b)
+        c, w = time.thread_time(), time.perf_counter()
+        for _ in range(3):
+            torch.mm(a, b)
+        cpu, wall = (time.thread_time() - c) / 3, (time.perf_counter() - w) / 3
+        print(json.dumps({"cpu_s": cpu, "wall_s": wall, "gflops": 2 * 2048**3 / 1e9}), flush=True)
+        continue
+    def call():
+        with torch.inference_mode(), model.trusted_inputs():
+            if kind == "text":
+                return model.encode(text_ids=ids)
+            return model(video=video, text_ids=ids, cross_attention_layers=[0, 1, 2]).matching_logits
+    call()  # warm-up (first call allocates, oneDNN picks kernels)
+    c, w = time.thread_time(), time.perf_counter()
+    call()
+    cpu, wall = time.thread_time() - c, time.perf_counter() - w
+    flops = count_flops_of(call) / 1e9 if dtype == "fp32" else None
+    print(json.dumps({"cpu_s": cpu, "wall_s": wall, "gflops": flops}), flush=True)
+"""
+
+THEIRS = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import authors_harness as h
+off = h.Official(sys.argv[2], sys.argv[3])
+import torch
+torch.set_num_threads(1)
+cfg = off.config("default", "perceiver", layer_drop=1.0)
+model = off.build(cfg, seed=0)
+print("ready", flush=True)
+for line in sys.stdin:
+    kind, frames, dtype, batch = line.split()
+    frames, batch = int(frames), int(batch)
+    model.transformer.max_frames = frames
+    g = torch.Generator().manual_seed(frames)
+    video = torch.randn(batch, frames, 3, 384, 384, generator=g).clamp_(-1, 1)
+    ids = torch.randint(1000, 30000, (batch, 40), generator=g)
+    data = {"video_data": video, "text_ids": ids, "text_masks": torch.ones(batch, 40, dtype=torch.long),
+            "text_labels": torch.full((batch, 40), -100), "text_ids_mlm": ids,
+            "text_labels_mlm": torch.full((batch, 40), -100)}
+    def call():
+        with torch.inference_mode():
+            return model.matching_score(model.infer(data, mask_text=False, mask_visual=False)["cls_feats"])
+    call()
+    c, w = time.thread_time(), time.perf_counter()
+    call()
+    print(json.dumps({"cpu_s": time.thread_time() - c, "wall_s": time.perf_counter() - w}), flush=True)
+"""
+
+
+class Worker:
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            raise SystemExit(f"worker {argv[:2]} did not start (said {line!r})")
+
+    def time(self, case: str) -> dict[str, float]:
+        self.proc.stdin.write(case + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="alternations (3)")
+    parser.add_argument("--frames", default="8,32", help="frame counts (8,32)")
+    parser.add_argument("--authors", type=Path, default=REPO.parent / "shared" / "reference")
+    parser.add_argument("--authors-root", type=Path, default=Path.home() / ".cache" / "pvl-authors")
+    parser.add_argument("--no-extras", action="store_true", help="skip bf16/batch-16/text rows")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    ours_env = {**env, "PYTHONPATH": str(REPO / "src")}
+    root = args.authors_root
+    authors_python = root / "venv" / "bin" / "python"
+    if not authors_python.exists() or not (root / "shims").is_dir():
+        raise SystemExit(f"{authors_python} missing: run {args.authors}/authors-bench once first")
+    ours = Worker([sys.executable, "-c", OURS], ours_env)
+    theirs = Worker(
+        [
+            str(authors_python),
+            "-c",
+            THEIRS,
+            str(args.authors),
+            str(root / "src"),
+            str(root / "shims"),
+        ],
+        env,
+    )
+    frames = [int(f) for f in args.frames.split(",")]
+    samples: dict[str, list[dict[str, float]]] = {}
+    for round_ in range(args.rounds):
+        for t in frames:
+            for name, worker in (("ours", ours), ("authors", theirs)):
+                key = f"{name} fp32 {t} frames"
+                samples.setdefault(key, []).append(worker.time(f"joint {t} fp32 1"))
+                print(round_, key, samples[key][-1], flush=True)
+    theirs.close()
+    if not args.no_extras:
+        extras = [("joint", t, "bf16", 1) for t in frames]
+        extras += [("joint", 8, "fp32", 16), ("text", 0, "fp32", 1), ("text", 0, "bf16", 1)]
+        extras += [("matmul", 0, "fp32", 1), ("matmul", 0, "bf16", 1)]
+        for kind, t, dtype, batch in extras:
+            key = f"ours {dtype} {kind} {t} frames batch {batch}"
+            samples[key] = [ours.time(f"{kind} {t} {dtype} {batch}")]
+            print(key, samples[key][-1], flush=True)
+    ours.close()
+    summary = {
+        key: {
+            "cpu_ms_median": 1e3 * statistics.median(s["cpu_s"] for s in runs),
+            "wall_ms_median": 1e3 * statistics.median(s["wall_s"] for s in runs),
+            "runs": len(runs),
+            "gflops": runs[0].get("gflops"),
+        }
+        for key, runs in samples.items()
+    }
+    for key, row in summary.items():
+        print(f"{key:45s} cpu {row['cpu_ms_median']:9.1f} ms  wall {row['wall_ms_median']:9.1f} ms")
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "samples": samples}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

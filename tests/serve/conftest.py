@@ -32,7 +32,7 @@ from perceiver_vl.retrieval import RetrievalIndex, media  # noqa: E402
 
 #: Clips of the demo-sized index the tiny model is trained on (the first ones of the test split).
 #: Training on all 500 takes minutes on 2 cores; the index still holds all 500.
-DEMO_INDEX_TRAINED_CLIPS = 128
+DEMO_INDEX_TRAINED_CLIPS = 64
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -121,7 +121,7 @@ def demo_index_dir(demo_benchmark, demo_trained_records, tmp_path_factory) -> Pa
     from perceiver_vl.demo.pipeline import build_demo_index
 
     model_dir = _train_and_save(
-        demo_benchmark, demo_trained_records, tmp_path_factory.mktemp("demo_model"), pair_batch=64
+        demo_benchmark, demo_trained_records, tmp_path_factory.mktemp("demo_model"), pair_batch=32
     )
     path = tmp_path_factory.mktemp("demo_index") / "index"
     build_demo_index(path, model_dir, demo_benchmark / "test.jsonl", progress=False)

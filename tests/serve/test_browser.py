@@ -4,7 +4,7 @@ types a caption, sees its video first, the thumbnail loaded and the clip playing
 The index is demo-sized (``demo_index_dir``): the synthetic benchmark's test split as ``make demo``
 generates it (500 clips of 64 px, 8-16 frames, seed 0), indexed by the demo's own index builder.
 The model searching it is the tests' tiny one (D=32, 8 latents, 32 px frames) trained at test time
-on the first 128 of those clips: the demo's model (D=128, 32 latents) needs minutes of training
+on the first 64 of those clips: the demo's model (D=128, 32 latents) needs minutes of training
 to rank anything, and what is tested here is the page showing what the model ranks. The caption
 typed is one whose video the Python API ranks first; a second query checks that the page's
 ranking is the API's, whatever the model gets right.

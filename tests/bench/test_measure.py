@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from perceiver_vl.bench import matmul_throughput, peak_memory_mb, percentile, time_callable
+from perceiver_vl.bench.measure import median_call_ms, pair_latency_ms
 
 
 class FakeClock:
@@ -89,3 +90,35 @@ def test_matmul_throughput_reports_its_settings(dtype):
     assert result.gflops_per_s > 0 and result.p10_gflops_per_s >= result.gflops_per_s
     with pytest.raises(ValueError, match="dtype"):
         matmul_throughput("fp16")
+
+
+def test_median_call_ms_warms_up_once_then_times_each_repeat():
+    calls = []
+    assert median_call_ms(lambda: calls.append(1), repeats=3) >= 0.0
+    assert len(calls) == 1 + 3
+    calls.clear()
+    median_call_ms(lambda: calls.append(1), repeats=0)  # at least one timed call
+    assert len(calls) == 2
+
+
+def test_pair_latency_runs_the_first_pairs_with_the_chosen_blocks():
+    from perceiver_vl.train.evaluation import RetrievalInputs
+
+    seen = []
+
+    class Model(torch.nn.Module):
+        def forward(self, *, video, video_mask, text_ids, text_mask, cross_attention_layers):
+            seen.append((video.shape[0], text_ids.shape[0], cross_attention_layers))
+
+    data = RetrievalInputs(
+        torch.ones(5, 4, dtype=torch.long),
+        torch.ones(5, 4, dtype=torch.bool),
+        torch.arange(5),
+        video=torch.zeros(5, 2, 3, 8, 8),
+        video_mask=torch.ones(5, 2, dtype=torch.bool),
+    )
+    assert pair_latency_ms(Model(), data, (0,), repeats=2, batch_size=3) >= 0.0
+    assert seen == [(3, 3, (0,))] * 3
+    head = data.head(2)
+    assert head.num_visual == 2 and head.text_ids.shape == (2, 4)
+    assert head.text_to_video.tolist() == [0, 1] and head.images is None

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 
 from perceiver_vl.train.api import fit
@@ -56,3 +57,17 @@ def test_two_process_ddp_fit_identical_weights_and_layerdrop(make_config, tmp_pa
     assert records[0]["weights"] == records[1]["weights"]
     ckpt = Path(config["trainer"]["default_root_dir"]) / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 4
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    ["fsdp", "fsdp_cpu_offload", {"class_path": "lightning.pytorch.strategies.FSDPStrategy"}],
+)
+def test_fsdp_on_cpu_is_refused_with_the_fix(make_config, strategy):
+    # torch's FullyShardedDataParallel raises "FSDP needs a non-CPU accelerator device" on a CPU
+    # (docs/training.md); the CLI refuses first, naming the argument and the alternatives
+    config = make_config(max_steps=1, devices=2, strategy=strategy)
+    with pytest.raises(ValueError, match=r"trainer\.strategy=.*fsdp.*needs CUDA GPUs") as info:
+        fit(config)
+    assert "--trainer.strategy ddp" in str(info.value)
+    assert "--trainer.accelerator gpu" in str(info.value)

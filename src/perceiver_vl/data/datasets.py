@@ -34,7 +34,7 @@ CAPTION_KEYS = ("caption", "captions", "text", "sentence", "sentences", "title",
 ID_KEYS = ("id", "video_id", "image_id", "key", "videoid")
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One media file and its captions. ``media`` is relative to the data set's media root."""
 
@@ -516,6 +516,7 @@ class CC3M(MediaTextDataset):
         self, path: Path, per_shard: int, shard_digits: int, extension: str
     ) -> list[Entry]:
         sample_digits = len(str(per_shard - 1))
+        scale, key_digits = 10**sample_digits, shard_digits + sample_digits
         entries: list[Entry] = []
         caption_col, width = 0, 2
         no_extra: dict[str, Any] = {}  # shared: CC3M entries carry no task keys
@@ -539,11 +540,12 @@ class CC3M(MediaTextDataset):
                         False,
                     )
                     continue
+                # img2dataset's key: shard * 10**sample_digits + position, zero-padded
                 shard, position = divmod(index, per_shard)
-                key = f"{shard:0{shard_digits}d}{position:0{sample_digits}d}"
-                caption = row[caption_col] if len(row) > caption_col else ""
-                media = f"{shard:0{shard_digits}d}/{key}{extension}"
-                entries.append(Entry(media, _clean_captions(caption), key, no_extra))
+                key = f"{shard * scale + position:0{key_digits}d}"
+                caption = " ".join(row[caption_col].split())
+                media = f"{key[:-sample_digits]}/{key}{extension}"
+                entries.append(Entry(media, [caption] if caption else [], key, no_extra))
         self.tracker.check_fraction(bad, max(1, len(entries)), f"{path} (rows)")
         return entries
 

@@ -33,7 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=("test", "val"))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--rerank-k", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="clips decoded and encoded at a time, and pairs per single-stream forward "
+        "(bounds the memory held by decoded media)",
+    )
     parser.add_argument(
         "--single-candidates",
         type=int,
@@ -125,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
             modes=args.modes,
             rerank_k=args.rerank_k,
             batch_size=args.batch_size,
+            # pairs per single-stream forward: each pair holds a copy of its clip
+            single_batch_size=args.batch_size,
             single_candidates=args.single_candidates,
             cross_attention_layers=args.cross_attention_layers,
             precision=args.precision,

@@ -245,31 +245,72 @@ def test_webvid(tmp_path, clip):
 
 
 def test_cc3m_img2dataset_layout(tmp_path):
+    # img2dataset --output_format files names data row i: shard i // 10000, key shard + i % 10000
     root = tmp_path / "cc3m"
     write_image(root / "00000" / "000000000.jpg")
-    (root / "00000" / "000000000.txt").write_text("a red and blue flag")
-    (root / "00000" / "000000000.json").write_text(json.dumps({"url": "http://a/0.jpg"}))
-    write_image(root / "00000" / "000000002.jpg")  # caption only through the TSV
-    (root / "00000" / "000000002.json").write_text(json.dumps({"url": "http://a/2.jpg"}))
-    (root / "00000.parquet").write_bytes(b"")
+    write_image(root / "00000" / "000000002.jpg")  # row 1's download failed: no file
     tsv = tmp_path / "Train_GCC-training.tsv"
     tsv.write_text(
         "a red and blue flag\thttp://a/0.jpg\nfailed download\thttp://a/1.jpg\n"
         "two colours side by side\thttp://a/2.jpg\n"
     )
     ds = CC3M(tsv, root, size=SIZE)
-    assert len(ds) == 2
-    item = ds[1]
+    assert [e.media for e in ds.entries] == [f"00000/00000000{i}.jpg" for i in range(3)]
+    assert [e.id for e in ds.entries] == ["000000000", "000000001", "000000002"]
+    item = ds[2]
     assert item["text"] == "two colours side by side" and item["is_image"]
     assert item["video"].shape == (1, 3, SIZE, SIZE)
-    with pytest.raises(FileNotFoundError, match="img2dataset"):
-        CC3M(None, _empty(tmp_path))
+    assert ds[1] is None and ds.tracker.counts["missing"] == 1
+    # the header img2dataset needs (either column order) is not a row; shards roll over
+    with_header = tmp_path / "with_header.tsv"
+    rows = "".join(f"http://a/{i}.jpg\tcaption {i}\n" for i in range(5))
+    with_header.write_text("url\tcaption\n" + rows)
+    ds = CC3M(with_header, root, samples_per_shard=2, shard_digits=3)
+    assert [e.media for e in ds.entries][:3] == ["000/0000.jpg", "000/0001.jpg", "001/0010.jpg"]
+    assert ds.entries[4].captions == ["caption 4"] and ds.entries[4].media == "002/0020.jpg"
 
 
-def _empty(tmp_path):
-    path = tmp_path / "empty"
-    path.mkdir()
-    return path
+def test_cc3m_builds_without_touching_media(tmp_path, monkeypatch):
+    # construction reads the annotation file only: the image folder need not even exist
+    tsv = tmp_path / "cc3m.tsv"
+    tsv.write_text("".join(f"caption number {i}\thttp://a/{i}.jpg\n" for i in range(30)))
+    opened = []
+    real_open = open
+
+    def spy(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spy)
+    ds = CC3M(tsv, tmp_path / "no_such_folder", size=SIZE)
+    monkeypatch.undo()
+    assert opened == [str(tsv)]
+    assert len(ds) == 30 and ds.entries[29].captions == ["caption number 29"]
+    assert ds[0] is None
+    assert ds.tracker.counts["missing"] == 1
+    assert "no_such_folder/00000/000000000.jpg" in ds.tracker.recent[-1][0]
+
+
+def test_cc3m_jsonl_manifest_and_bad_input(tmp_path):
+    root = tmp_path / "images"
+    write_image(root / "00003" / "000030007.jpg")
+    manifest = tmp_path / "downloaded.jsonl"
+    lines = [{"image": "00003/000030007.jpg", "caption": "a dog on a beach"}]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    ds = CC3M(manifest, root, size=SIZE)
+    assert len(ds) == 1 and ds[0]["text"] == "a dog on a beach"
+    with pytest.raises(FileNotFoundError, match="annotations=.*caption<TAB>url TSV"):
+        CC3M(tmp_path / "absent.tsv", root)
+    with pytest.raises(ValueError, match="annotations=.*extension '.parquet'"):
+        (tmp_path / "x.parquet").write_bytes(b"")
+        CC3M(tmp_path / "x.parquet", root)
+    with pytest.raises(ValueError, match="samples_per_shard=0"):
+        CC3M(manifest, root, samples_per_shard=0)
+    short = tmp_path / "short.tsv"  # a row without its url is skipped, counted, keeps numbering
+    short.write_text("one\thttp://a/0.jpg\njust a caption\nthree\thttp://a/2.jpg\n")
+    ds = CC3M(short, root)
+    assert [e.media for e in ds.entries] == ["00000/000000000.jpg", "00000/000000002.jpg"]
+    assert ds.tracker.counts["bad_annotation"] == 1
 
 
 @pytest.fixture

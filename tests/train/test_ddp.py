@@ -91,3 +91,17 @@ def test_two_ranks_train_and_validate_as_one_process_with_the_same_global_batch(
     # validation rows sharded over the ranks and combined score as in one process
     for key in ("val/multi_t2v_r1", "val/multi_v2t_meanr", "val/mixed_v2t_meanr"):
         assert ddp_result.metrics[key] == pytest.approx(single_result.metrics[key], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    ["fsdp", "fsdp_cpu_offload", {"class_path": "lightning.pytorch.strategies.FSDPStrategy"}],
+)
+def test_fsdp_on_cpu_is_refused_with_the_fix(make_config, strategy):
+    # torch's FullyShardedDataParallel raises "FSDP needs a non-CPU accelerator device" on a CPU
+    # (docs/training.md); the CLI refuses first, naming the argument and the alternatives
+    config = make_config(max_steps=1, devices=2, strategy=strategy)
+    with pytest.raises(ValueError, match=r"trainer\.strategy=.*fsdp.*needs CUDA GPUs") as info:
+        fit(config)
+    assert "--trainer.strategy ddp" in str(info.value)
+    assert "--trainer.accelerator gpu" in str(info.value)

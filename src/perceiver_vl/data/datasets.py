@@ -17,6 +17,7 @@ import re
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from perceiver_vl.data.failures import FailureTracker, MediaError
-from perceiver_vl.data.media import IMAGE_EXTENSIONS, Size, load_media
+from perceiver_vl.data.media import Size, load_media
 from perceiver_vl.fileio import atomic_write_json
 
 logger = logging.getLogger("perceiver_vl.data")
@@ -34,7 +35,7 @@ CAPTION_KEYS = ("caption", "captions", "text", "sentence", "sentences", "title",
 ID_KEYS = ("id", "video_id", "image_id", "key", "videoid")
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One media file and its captions. ``media`` is relative to the data set's media root."""
 
@@ -441,54 +442,113 @@ class WebVid(MediaTextDataset):
 
 
 class CC3M(MediaTextDataset):
-    """Conceptual Captions 3M downloaded with img2dataset (``--output_format files``).
+    """Conceptual Captions 3M images downloaded by img2dataset, indexed from one annotation file.
 
-    ``image_root`` holds img2dataset's shard folders (``00000/000000000.jpg`` with sidecar
-    ``.txt`` caption and ``.json`` metadata). Captions come from the ``.txt`` sidecar, else the
-    ``.json`` "caption", else the ``caption<TAB>url`` TSV matched by the ``.json`` "url".
-    Images that failed to download are simply absent, as img2dataset leaves them.
+    The index comes from ``annotations`` alone: no folder is listed and no image, caption or
+    metadata file is opened while the data set is built, so start-up does not grow with the
+    number of files (docs/data.md gives the time for 3 million rows). An image that is absent (a
+    failed download, a wrong ``image_root``) is a skipped, counted ``missing`` sample when it is
+    loaded, as in every reader.
+
+    Args:
+        annotations: either
+
+            * the ``caption<TAB>url`` TSV given to img2dataset (CC3M's
+              ``Train_GCC-training.tsv``; a first line ``caption<TAB>url`` (or ``url<TAB>caption``)
+              is read as the header img2dataset needs, otherwise the caption is column 1). The
+              image of data row ``i`` (0-based, header excluded) is where img2dataset
+              ``--output_format files`` writes it: shard ``s = i // samples_per_shard``, key
+              ``f"{s:0{shard_digits}d}{i % samples_per_shard:0{d}d}"`` with ``d`` the digits of
+              ``samples_per_shard - 1``, file ``image_root/<shard>/<key><image_extension>``
+              (``00000/000000000.jpg`` for the first row with img2dataset's defaults);
+            * or a JSON-lines manifest, one ``{"image": "00000/000000000.jpg", "caption": ...}``
+              per line (paths relative to ``image_root``), e.g. only the images that downloaded.
+
+        image_root: img2dataset's ``--output_folder``.
+        samples_per_shard: img2dataset's ``--number_sample_per_shard`` (default 10000).
+        shard_digits: digits of the shard folder names (img2dataset writes 5: ``00000``).
+        image_extension: extension of the written images (``.jpg`` unless re-encoded).
+        **kwargs: see `MediaTextDataset`.
     """
 
     name = "cc3m"
 
     def __init__(
         self,
-        tsv_path: str | os.PathLike | None,
+        annotations: str | os.PathLike,
         image_root: str | os.PathLike,
+        *,
+        samples_per_shard: int = 10000,
+        shard_digits: int = 5,
+        image_extension: str = ".jpg",
         **kwargs: Any,
     ) -> None:
-        image_root = _need_dir(Path(image_root), "image_root", "pass the img2dataset output folder")
-        super().__init__([], image_root, **kwargs)
-        by_url: dict[str, str] = {}
-        if tsv_path is not None:
-            tsv_path = _need_file(Path(tsv_path), "tsv_path", "pass the caption<TAB>url TSV")
-            with open(tsv_path, encoding="utf-8", newline="") as handle:
-                for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
-                    if len(row) >= 2 and row[:2] != ["caption", "url"]:
-                        by_url[row[1].strip()] = row[0]
-        entries = []
-        for path in sorted(
-            p for p in image_root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+        for argument, value in (
+            ("samples_per_shard", samples_per_shard),
+            ("shard_digits", shard_digits),
         ):
-            caption = None
-            txt, meta = path.with_suffix(".txt"), path.with_suffix(".json")
-            if txt.is_file():
-                caption = txt.read_text(encoding="utf-8")
-            elif meta.is_file():
-                try:
-                    info = json.loads(meta.read_text(encoding="utf-8"))
-                except json.JSONDecodeError as err:
-                    logger.warning("%s: %s is not valid JSON (%s)", self.name, meta, err)
-                    info = {}
-                caption = info.get("caption") or by_url.get(str(info.get("url", "")).strip())
-            rel = str(path.relative_to(image_root))
-            entries.append(Entry(rel, _clean_captions(caption), path.stem))
-        if not entries:
-            raise FileNotFoundError(
-                f"image_root={str(image_root)!r} holds no images; run img2dataset with "
-                "--output_format files --output_folder <image_root> first"
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{argument}={value!r} must be a positive int (img2dataset's)")
+        if not (isinstance(image_extension, str) and image_extension.startswith(".")):
+            raise ValueError(
+                f"image_extension={image_extension!r} must be an extension with its dot, "
+                "e.g. '.jpg'"
             )
-        self.entries = self._filter_captionless(entries, str(image_root))
+        path = _need_file(
+            Path(annotations),
+            "annotations",
+            "pass the caption<TAB>url TSV given to img2dataset or a .jsonl manifest",
+        )
+        super().__init__([], image_root, **kwargs)
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            manifest = CaptionDataset(path, image_root, tracker=self.tracker, name=self.name)
+            entries = manifest.entries
+        elif suffix == ".tsv":
+            entries = self._read_tsv(path, samples_per_shard, shard_digits, image_extension)
+        else:
+            raise ValueError(
+                f"annotations={str(path)!r} has extension {suffix!r}; pass the caption<TAB>url "
+                ".tsv given to img2dataset or a .jsonl manifest"
+            )
+        self.entries = self._filter_captionless(entries, str(path))
+
+    def _read_tsv(
+        self, path: Path, per_shard: int, shard_digits: int, extension: str
+    ) -> list[Entry]:
+        sample_digits = len(str(per_shard - 1))
+        scale, key_digits = 10**sample_digits, shard_digits + sample_digits
+        entries: list[Entry] = []
+        caption_col, width = 0, 2
+        no_extra: dict[str, Any] = {}  # shared: CC3M entries carry no task keys
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            first = next(rows, None)
+            if first is None:
+                raise ValueError(f"annotations={str(path)!r} is empty; pass CC3M's TSV")
+            header = [c.strip().lower() for c in first]
+            if "caption" in header and "url" in header:
+                caption_col, width = header.index("caption"), len(header)
+                first = None
+            bad = 0
+            for index, row in enumerate(rows if first is None else chain([first], rows)):
+                if len(row) < width:  # its image keeps its key: row numbers are not shifted
+                    bad += 1
+                    self.tracker.fail(
+                        f"{path} row {index}",
+                        f"fewer than {width} columns",
+                        "bad_annotation",
+                        False,
+                    )
+                    continue
+                # img2dataset's key: shard * 10**sample_digits + position, zero-padded
+                shard, position = divmod(index, per_shard)
+                key = f"{shard * scale + position:0{key_digits}d}"
+                caption = " ".join(row[caption_col].split())
+                media = f"{key[:-sample_digits]}/{key}{extension}"
+                entries.append(Entry(media, [caption] if caption else [], key, no_extra))
+        self.tracker.check_fraction(bad, max(1, len(entries)), f"{path} (rows)")
+        return entries
 
 
 # ===================================================================== MSR-VTT, DiDeMo

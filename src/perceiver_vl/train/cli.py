@@ -57,6 +57,37 @@ def _requested_devices(devices: Any, accelerator: Any) -> int:
         return 1
 
 
+def _strategy_name(strategy: Any) -> str:
+    """A strategy's (or accelerator's) registered name or class path, lower-cased ("" for
+    None)."""
+    if isinstance(strategy, str):
+        return strategy.lower()
+    class_path = getattr(strategy, "class_path", None)
+    if class_path is None and isinstance(strategy, dict):
+        class_path = strategy.get("class_path")
+    if class_path is None and strategy is not None:
+        class_path = type(strategy).__name__
+    return str(class_path or "").lower()
+
+
+def _refuse_fsdp_on_cpu(strategy: Any, accelerator: Any) -> None:
+    """FSDP shards parameters across accelerator devices: torch's FullyShardedDataParallel
+    raises "FSDP needs a non-CPU accelerator device" on a CPU-only run (and Lightning refuses
+    ``strategy="fsdp"`` with ``accelerator="cpu"``), so say so before anything is built."""
+    if "fsdp" not in _strategy_name(strategy):
+        return
+    accel = _strategy_name(accelerator)  # a name, or the class path of an accelerator object
+    on_cpu = "cpu" in accel or (accel in ("", "auto") and not torch.cuda.is_available())
+    if on_cpu:
+        raise ValueError(
+            f"trainer.strategy={_strategy_name(strategy)!r} needs CUDA GPUs: FSDP cannot run on "
+            f"the CPU (trainer.accelerator={accelerator!r}"
+            + ("" if torch.cuda.is_available() else ", and no GPU is visible")
+            + "). Use --trainer.strategy ddp (or ddp_spawn) on CPUs, or run FSDP on GPUs with "
+            "--trainer.accelerator gpu"
+        )
+
+
 def _available(accelerator: Any) -> int:
     if str(accelerator) in ("cpu",):
         return 1
@@ -86,6 +117,7 @@ class PerceiverVLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         trainer = self._trainer_config()
+        _refuse_fsdp_on_cpu(trainer.strategy, trainer.accelerator)
         count = _requested_devices(trainer.devices, trainer.accelerator) * int(trainer.num_nodes)
         strategy = trainer.strategy
         if count > 1 and isinstance(strategy, str) and strategy in _FIND_UNUSED:

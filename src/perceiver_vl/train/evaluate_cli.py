@@ -1,6 +1,10 @@
 """``perceiver-vl evaluate --model DIR --data CONFIG``: retrieval in every stream mode (or QA) on
 a data config's test (or val) split; prints a table and writes JSON.
 
+Retrieval decodes the media batch by batch (``--batch-size`` clips at a time, the data config's
+``num_workers`` decoding ahead) and keeps only their latents, so memory does not grow with the
+number of videos; a progress bar with an ETA follows each pass over the media.
+
 ``CONFIG`` is a fit config (its ``data:`` section is used) or a file holding only the data
 module's arguments."""
 
@@ -20,7 +24,7 @@ from .evaluation import (
     evaluate_multiple_choice,
     evaluate_qa,
     evaluate_retrieval,
-    load_retrieval_inputs,
+    stream_retrieval_inputs,
 )
 
 
@@ -30,7 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=("test", "val"))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--rerank-k", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="clips decoded and encoded at a time, and pairs per single-stream forward "
+        "(bounds the memory held by decoded media)",
+    )
     parser.add_argument(
         "--single-candidates",
         type=int,
@@ -53,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the model folder is an input and is never written)",
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (by default each pass over the media shows one, with an ETA)",
+    )
 
 
 def _data_module(path: str) -> Any:
@@ -103,13 +118,22 @@ def run(args: argparse.Namespace) -> int:
         results = {"qa": evaluate_qa(model, loader, precision=args.precision)}
         print(json.dumps(results, indent=2))
     else:
-        data = load_retrieval_inputs(dataset, dm.tokenizer, batch_size=args.batch_size)
+        # media are decoded batch by batch while they are encoded: memory stays bounded
+        data = stream_retrieval_inputs(
+            dataset,
+            dm.tokenizer,
+            batch_size=args.batch_size,
+            num_workers=int(getattr(dm, "num_workers", 0) or 0),
+            progress=not args.no_progress,
+        )
         results = evaluate_retrieval(
             model,
             data,
             modes=args.modes,
             rerank_k=args.rerank_k,
             batch_size=args.batch_size,
+            # pairs per single-stream forward: each pair holds a copy of its clip
+            single_batch_size=args.batch_size,
             single_candidates=args.single_candidates,
             cross_attention_layers=args.cross_attention_layers,
             precision=args.precision,

@@ -9,17 +9,23 @@ Modes (paper §3.5):
 
 Each mode's ``seconds`` is its full wall time, encodings included (multi, mixed and rerank share
 one encoding pass, which is timed once and added to each).
+
+Media reach the model batch by batch: :func:`stream_retrieval_inputs` (what ``perceiver-vl
+evaluate`` uses) decodes one batch of clips at a time while it is encoded, so only latents are kept
+and peak memory does not grow with the number of videos; :func:`load_retrieval_inputs` decodes a
+small set into memory once (the demo re-evaluates the same clips many times).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from perceiver_vl.metrics import qa_accuracy, retrieval_metrics, vqa_score
 from perceiver_vl.model import PerceiverVL
@@ -77,6 +83,86 @@ class RetrievalInputs:
         assert self.images is not None
         return {"images": self.images[index]}
 
+    def visual_batches(
+        self, batch_size: int, desc: str = "media"
+    ) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        """(positions (B,), model inputs) of consecutive batches of the media."""
+        for start in range(0, self.num_visual, batch_size):
+            stop = min(start + batch_size, self.num_visual)
+            yield torch.arange(start, stop), self.visual(slice(start, stop))
+
+
+def _collate_media(items: list[Any]) -> dict[str, Tensor]:
+    """Model inputs of one batch of media items: ``images`` when every item is a still image,
+    else ``video`` + ``video_mask``. A failed item stops evaluation, which needs every item."""
+    from perceiver_vl.data import Collator
+
+    if any(item is None for item in items):
+        raise RuntimeError(
+            "a media file failed to load during evaluation; evaluation needs every item "
+            "(see the data set's failure log)"
+        )
+    is_image = all(bool(item.get("is_image", False)) for item in items)
+    batch = Collator(None)(
+        [{"video": i["video"], "video_mask": i["video_mask"], "is_image": is_image} for i in items]
+    )
+    if is_image and batch["video"].shape[1] == 1:
+        return {"images": batch["video"][:, 0]}
+    return {"video": batch["video"], "video_mask": batch["video_mask"]}
+
+
+@dataclass
+class StreamedRetrievalInputs:
+    """Captions in memory; media decoded batch by batch each time they are passed over.
+
+    A pass holds one batch of decoded clips (plus what the loader's workers decode ahead:
+    ``prefetch_factor`` batches each), never the whole set, so memory does not grow with the
+    number of videos. Each batch is ``images`` when all its items are still images, else clips.
+
+    Attributes:
+        media: a data set with one item per media (``video`` (T, 3, H, W), ``video_mask`` (T,),
+            ``is_image``), e.g. ``MediaTextDataset.media_only()``.
+        text_ids, text_mask: (N, L) tokenised captions; text_to_video: (N,) each caption's media.
+        batch_size: media decoded per batch (a pass asking for smaller batches gets those).
+        num_workers: loader processes decoding ahead of the model.
+        progress: a progress bar with ETA (tqdm, on stderr) for each pass over the media.
+    """
+
+    media: Any
+    text_ids: Tensor
+    text_mask: Tensor
+    text_to_video: Tensor
+    batch_size: int = 32
+    num_workers: int = 0
+    progress: bool = False
+
+    @property
+    def num_visual(self) -> int:
+        return len(self.media)
+
+    def visual_batches(
+        self, batch_size: int, desc: str = "media"
+    ) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        """(positions (B,), model inputs) of consecutive batches, decoded as they are asked for."""
+        from tqdm.auto import tqdm
+
+        loader = DataLoader(
+            self.media,
+            batch_size=max(1, min(batch_size, self.batch_size)),
+            num_workers=self.num_workers,
+            collate_fn=_collate_media,
+        )
+        bar = tqdm(total=self.num_visual, desc=desc, unit="video", disable=not self.progress)
+        start = 0
+        try:
+            for inputs in loader:
+                size = next(iter(inputs.values())).shape[0]
+                yield torch.arange(start, start + size), inputs
+                start += size
+                bar.update(size)
+        finally:
+            bar.close()
+
 
 def load_retrieval_inputs(
     dataset: Any,
@@ -86,7 +172,8 @@ def load_retrieval_inputs(
     num_workers: int = 0,
     max_items: int | None = None,
 ) -> RetrievalInputs:
-    """Decode a data set's media once and tokenise all its captions.
+    """Decode a data set's media once, into memory, and tokenise all its captions (for small
+    sets evaluated many times; :func:`stream_retrieval_inputs` keeps memory bounded).
 
     ``dataset`` is a :class:`perceiver_vl.data.MediaTextDataset` (``media_only()`` /
     ``caption_index()`` give one item per media and every caption with its media)."""
@@ -127,6 +214,40 @@ def load_retrieval_inputs(
     )
 
 
+def stream_retrieval_inputs(
+    dataset: Any,
+    tokenizer: Any,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    max_items: int | None = None,
+    progress: bool = False,
+) -> StreamedRetrievalInputs:
+    """A data set's captions tokenised and its media ready to be decoded batch by batch.
+
+    ``dataset`` is a :class:`perceiver_vl.data.MediaTextDataset` (``media_only()`` /
+    ``caption_index()`` give one item per media and every caption with its media); nothing is
+    decoded here."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive int, e.g. 32")
+    media = dataset.media_only() if hasattr(dataset, "media_only") else dataset
+    texts, owners = dataset.caption_index()
+    if max_items is not None:
+        keep = [i for i, o in enumerate(owners) if o < max_items]
+        texts, owners = [texts[i] for i in keep], [owners[i] for i in keep]
+        media = torch.utils.data.Subset(media, range(min(max_items, len(media))))
+    ids, mask = tokenizer(texts)
+    return StreamedRetrievalInputs(
+        media,
+        ids,
+        mask,
+        torch.tensor(owners, dtype=torch.long),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        progress=progress,
+    )
+
+
 def _autocast(device: torch.device, precision: str):
     if precision in ("bf16", "bf16-mixed"):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -136,22 +257,22 @@ def _autocast(device: torch.device, precision: str):
 @torch.no_grad()
 def encode_all(
     model: PerceiverVL,
-    data: RetrievalInputs,
+    data: RetrievalInputs | StreamedRetrievalInputs,
     *,
     batch_size: int = 64,
     cross_attention_layers: Any = None,
     precision: str = "32",
 ) -> tuple[Tensor, Tensor, float, float]:
-    """(visual latents (V, N, D), text latents (N_t, N, D), visual seconds, text seconds)."""
+    """(visual latents (V, N, D), text latents (N_t, N, D), visual seconds, text seconds).
+
+    ``data`` is :class:`RetrievalInputs` or :class:`StreamedRetrievalInputs`; media are encoded
+    batch by batch as they come, and only the latents are kept."""
     device = next(model.parameters()).device
     with _autocast(device, precision):
         start = time.perf_counter()
         visual = []
-        for s in range(0, data.num_visual, batch_size):
-            kwargs = {
-                k: v.to(device) if v is not None else None
-                for k, v in data.visual(slice(s, s + batch_size)).items()
-            }
+        for _, inputs in data.visual_batches(batch_size, desc="encoding media"):
+            kwargs = {k: v.to(device) if v is not None else None for k, v in inputs.items()}
             visual.append(
                 model.encode(**kwargs, cross_attention_layers=cross_attention_layers).float()
             )
@@ -173,7 +294,7 @@ def encode_all(
 @torch.no_grad()
 def single_stream_score_matrix(
     model: PerceiverVL,
-    data: RetrievalInputs,
+    data: RetrievalInputs | StreamedRetrievalInputs,
     *,
     batch_size: int = 64,
     candidates: Tensor | None = None,
@@ -181,18 +302,17 @@ def single_stream_score_matrix(
     precision: str = "32",
 ) -> Tensor:
     """(N_t, V) single-stream logits; with ``candidates`` (N_t, k) only those pairs are scored
-    and the rest get -inf."""
+    and the rest get -inf. Media are taken batch by batch in one pass (``batch_size`` videos, or
+    the streamed inputs' smaller decode batch), each batch with every text or with the pairs
+    that name its videos."""
     device = next(model.parameters()).device
     num_texts = data.text_ids.shape[0]
     if candidates is None:
         # Every pair: the model's exact fast path (each item embedded and projected once).
         columns = []
         with _autocast(device, precision):
-            for start in range(0, data.num_visual, batch_size):
-                index = torch.arange(start, min(start + batch_size, data.num_visual))
-                visual = {
-                    k: None if v is None else v.to(device) for k, v in data.visual(index).items()
-                }
+            for _, inputs in data.visual_batches(batch_size, desc="single stream"):
+                visual = {k: None if v is None else v.to(device) for k, v in inputs.items()}
                 columns.append(
                     single_stream_scores(
                         model,
@@ -205,21 +325,28 @@ def single_stream_score_matrix(
                     .cpu()
                 )
         return torch.cat(columns, dim=1)
-    else:
-        rows = torch.arange(num_texts)[:, None].expand_as(candidates)
-        pairs = torch.stack([rows.reshape(-1), candidates.reshape(-1).cpu()], dim=1)
+    # the pairs ordered by video, so each batch of media finds its pairs in one slice
+    rows = torch.arange(num_texts)[:, None].expand_as(candidates).reshape(-1)
+    cols = candidates.reshape(-1).cpu()
+    order = torch.sort(cols, stable=True).indices
+    rows, cols = rows[order], cols[order]
     scores = torch.full((num_texts, data.num_visual), float("-inf"))
     with _autocast(device, precision):
-        for s in range(0, pairs.shape[0], batch_size):
-            t_idx, v_idx = pairs[s : s + batch_size].unbind(1)
-            visual = {k: None if v is None else v.to(device) for k, v in data.visual(v_idx).items()}
-            logits = model.single_stream_logits(
-                **visual,
-                text_ids=data.text_ids[t_idx].to(device),
-                text_mask=data.text_mask[t_idx].to(device),
-                cross_attention_layers=cross_attention_layers,
-            )
-            scores[t_idx, v_idx] = logits.float().cpu()
+        for index, inputs in data.visual_batches(batch_size, desc="single stream"):
+            first = int(index[0])
+            lo = int(torch.searchsorted(cols, first))
+            hi = int(torch.searchsorted(cols, int(index[-1]), right=True))
+            for s in range(lo, hi, batch_size):
+                t_idx, v_idx = rows[s : min(s + batch_size, hi)], cols[s : min(s + batch_size, hi)]
+                local = v_idx - first
+                visual = {k: None if v is None else v[local].to(device) for k, v in inputs.items()}
+                logits = model.single_stream_logits(
+                    **visual,
+                    text_ids=data.text_ids[t_idx].to(device),
+                    text_mask=data.text_mask[t_idx].to(device),
+                    cross_attention_layers=cross_attention_layers,
+                )
+                scores[t_idx, v_idx] = logits.float().cpu()
     return scores
 
 
@@ -252,7 +379,8 @@ def evaluate_retrieval(
 
     Args:
         model: the model (evaluated in eval mode on its current device).
-        data: :class:`RetrievalInputs`, or a data set (then ``tokenizer`` is needed).
+        data: :class:`RetrievalInputs` (in memory), :class:`StreamedRetrievalInputs` (decoded
+            batch by batch), or a data set (streamed; then ``tokenizer`` is needed).
         modes: any of ``single``, ``multi``, ``mixed``, ``rerank``.
         rerank_k: shortlist length of ``rerank`` (multi-stream top k, re-scored by mixed stream).
         batch_size: encoding batch size; single_batch_size: pairs per single-stream forward.
@@ -270,10 +398,10 @@ def evaluate_retrieval(
     modes = [stream_mode(m, argument="modes") for m in modes]
     if rerank_k < 1:
         raise ValueError(f"rerank_k must be >= 1, got {rerank_k}")
-    if not isinstance(data, RetrievalInputs):
+    if not isinstance(data, (RetrievalInputs, StreamedRetrievalInputs)):
         if tokenizer is None:
             raise ValueError("evaluating a data set needs tokenizer= (perceiver_vl.data.Tokenizer)")
-        data = load_retrieval_inputs(data, tokenizer, batch_size=batch_size)
+        data = stream_retrieval_inputs(data, tokenizer, batch_size=batch_size)
     was_training = model.training
     model.eval()
     owners = data.text_to_video
@@ -469,9 +597,11 @@ __all__ = [
     "MODES",
     "evaluate_multiple_choice",
     "RetrievalInputs",
+    "StreamedRetrievalInputs",
     "encode_all",
     "evaluate_qa",
     "evaluate_retrieval",
     "load_retrieval_inputs",
     "single_stream_score_matrix",
+    "stream_retrieval_inputs",
 ]

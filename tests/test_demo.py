@@ -18,6 +18,8 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
             assert key in row
         assert 0 <= row["t2v_r1"] <= 100 and row["seconds"] > 0
     assert metrics["chance_r1"] == pytest.approx(100 / metrics["num_test_pairs"])
+    assert metrics["precision"] in ("bf16", "fp32")  # "auto" resolved by measuring this CPU
+    assert f"{metrics['precision']} arithmetic" in (out / "report.md").read_text()
     assert set(metrics["layerdrop"]) == {"all", "first"}
     assert metrics["layerdrop"]["first"]["cross_attention_layers"] == [0]
     for mode in ("multi", "mixed"):

@@ -122,3 +122,52 @@ def test_pair_latency_runs_the_first_pairs_with_the_chosen_blocks():
     head = data.head(2)
     assert head.num_visual == 2 and head.text_ids.shape == (2, 4)
     assert head.text_to_video.tolist() == [0, 1] and head.images is None
+
+
+def test_pair_latency_runs_in_the_chosen_precision():
+    from perceiver_vl.train.evaluation import RetrievalInputs
+
+    dtypes = []
+
+    class Model(torch.nn.Module):
+        def forward(self, *, video, video_mask, text_ids, text_mask, cross_attention_layers):
+            dtypes.append(torch.nn.functional.linear(video[:, 0, 0, 0], torch.ones(1, 8)).dtype)
+
+    data = RetrievalInputs(
+        torch.ones(2, 4, dtype=torch.long),
+        torch.ones(2, 4, dtype=torch.bool),
+        torch.arange(2),
+        video=torch.zeros(2, 2, 3, 8, 8),
+        video_mask=torch.ones(2, 2, dtype=torch.bool),
+    )
+    pair_latency_ms(Model(), data, None, repeats=1, batch_size=2, precision="fp32")
+    pair_latency_ms(Model(), data, None, repeats=1, batch_size=2, precision="bf16")
+    assert dtypes == [torch.float32] * 2 + [torch.bfloat16] * 2
+    with pytest.raises(ValueError, match="precision"):
+        pair_latency_ms(Model(), data, None, repeats=1, precision="fp16")
+
+
+def test_bf16_speedup_is_measured_and_chooses_the_precision(monkeypatch):
+    from perceiver_vl.bench import matmul
+
+    assert matmul.bf16_speedup(rows=64, features=32, repeats=1) > 0
+    with pytest.raises(ValueError, match="rows"):
+        matmul.bf16_speedup(rows=0)
+    for speedup, expected in ((0.2, "fp32"), (1.0, "fp32"), (2.5, "bf16")):
+        monkeypatch.setattr(matmul, "bf16_speedup", lambda speedup=speedup, **_: speedup)
+        matmul.fastest_cpu_precision.cache_clear()
+        assert matmul.fastest_cpu_precision() == expected
+    matmul.fastest_cpu_precision.cache_clear()
+
+
+def test_demo_precision_setting(monkeypatch):
+    from perceiver_vl.bench import matmul
+    from perceiver_vl.demo.recipe import DemoSettings
+
+    with pytest.raises(ValueError, match="precision"):
+        DemoSettings(precision="fp16")
+    assert DemoSettings(precision="fp32").resolved_precision() == "fp32"
+    monkeypatch.setattr(matmul, "fastest_cpu_precision", lambda: "bf16")
+    assert DemoSettings().resolved_precision() == "bf16"
+    monkeypatch.setattr(matmul, "fastest_cpu_precision", lambda: "fp32")
+    assert DemoSettings().resolved_precision() == "fp32"

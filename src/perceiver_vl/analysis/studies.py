@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from perceiver_vl.bench.matmul import fastest_cpu_precision
 from perceiver_vl.bench.measure import pair_latency_ms
 from perceiver_vl.demo.pipeline import machine_description
 from perceiver_vl.demo.recipe import (
@@ -109,7 +110,7 @@ def _r1(model: PerceiverVL, data: Any, *, blocks: Any = None) -> dict[str, float
         data,
         modes=(StreamMode.MULTI, StreamMode.MIXED),
         cross_attention_layers=blocks,
-        precision="bf16",
+        precision=fastest_cpu_precision(),
     )
     return {
         f"{mode}_{direction}_r1": res[mode][f"{direction}_r1"]
@@ -325,7 +326,9 @@ def cross_attention(
                     "trained_layerdrop": layerdrop,
                     "blocks": str(blocks),
                     **_r1(model, data, blocks=blocks),
-                    "latency_ms": pair_latency_ms(model, data, blocks, 5 if quick else 20),
+                    "latency_ms": pair_latency_ms(
+                        model, data, blocks, 5 if quick else 20, precision=fastest_cpu_precision()
+                    ),
                 }
             )
     _write(
@@ -398,7 +401,7 @@ def streams(
             data.head(n),
             modes=STREAM_MODES,
             rerank_k=settings.rerank_k,
-            precision="bf16",
+            precision=settings.resolved_precision(),
         )
         for mode in STREAM_MODES:
             rows.append(

@@ -153,16 +153,24 @@ def pair_latency_ms(
     blocks: Sequence[int] | None,
     repeats: int,
     batch_size: int = 1,
+    *,
+    precision: str = "bf16",
 ) -> float:
     """Milliseconds per (video, caption) pair of a single-stream forward of the first
     ``batch_size`` pairs of ``data`` (``RetrievalInputs``-like: ``video``, ``video_mask``,
-    ``text_ids``, ``text_mask``) running cross-attention ``blocks``, under CPU bf16 autocast;
-    median over ``repeats`` timed calls (:func:`median_call_ms`)."""
+    ``text_ids``, ``text_mask``) running cross-attention ``blocks``, in ``precision``
+    (``bf16``: CPU bf16 autocast; ``fp32``); median over ``repeats`` timed calls
+    (:func:`median_call_ms`)."""
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
     video, vmask = data.video[:batch_size], data.video_mask[:batch_size]
     ids, mask = data.text_ids[:batch_size], data.text_mask[:batch_size]
 
     def call() -> None:
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with (
+            torch.no_grad(),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"),
+        ):
             model(
                 video=video,
                 video_mask=vmask,

@@ -151,6 +151,10 @@ def run_demo(
     data_root = out / "data"
     clock = StageClock(log)
     pl.seed_everything(seed, workers=True, verbose=False)
+    # one arithmetic for training, evaluation and latency: bf16 autocast only where this CPU
+    # multiplies bf16 faster than fp32 (emulated bf16 on AVX2-only CPUs is several times slower)
+    settings.precision = precision = settings.resolved_precision()
+    log(f"precision: {precision}")
 
     # 1. data ---------------------------------------------------------------------------------
     datamodule = clock.run(
@@ -186,14 +190,17 @@ def run_demo(
     retrieval = clock.run(
         f"evaluate retrieval on {n} captions x {n} videos (4 stream modes)",
         lambda: evaluate_retrieval(
-            model, data, modes=MODES, rerank_k=settings.rerank_k, precision="bf16"
+            model, data, modes=MODES, rerank_k=settings.rerank_k, precision=precision
         ),
     )
 
     attributes = clock.run(
         "which caption attributes the top-ranked videos share",
         lambda: attribute_study(
-            model, data, load_attributes(data_root / f"{split}.jsonl", captions)
+            model,
+            data,
+            load_attributes(data_root / f"{split}.jsonl", captions),
+            precision=precision,
         ),
     )
 
@@ -212,7 +219,7 @@ def run_demo(
                 data,
                 modes=(StreamMode.MIXED,),
                 cross_attention_layers=blocks,
-                precision="bf16",
+                precision=precision,
             )[StreamMode.MIXED]
             result[name] = {
                 "cross_attention_layers": blocks,
@@ -220,7 +227,12 @@ def run_demo(
                 "v2t_r1": res["v2t_r1"],
                 "latency_ms": round(
                     pair_latency_ms(
-                        model, data, blocks, settings.latency_repeats * 4, latency_batch
+                        model,
+                        data,
+                        blocks,
+                        settings.latency_repeats * 4,
+                        latency_batch,
+                        precision=precision,
                     ),
                     3,
                 ),
@@ -241,7 +253,7 @@ def run_demo(
                 data.head(size),
                 modes=MODES,
                 rerank_k=settings.rerank_k,
-                precision="bf16",
+                precision=precision,
             )
             rows += [
                 {"mode": m, "n": size, "pairs": size * size, "seconds": res[m]["seconds"]}
@@ -307,6 +319,7 @@ def run_demo(
         "stage_seconds": clock.seconds,
         "total_seconds": round(clock.total, 1),
         "seed": seed,
+        "precision": precision,
         "quick": quick,
         "settings": settings.to_dict(),
         "machine": machine_description(),

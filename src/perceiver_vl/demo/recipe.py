@@ -2,8 +2,8 @@
 and the training stages themselves, shared by ``perceiver-vl demo`` and ``perceiver-vl analyze``.
 
 ``full`` is the README's main job (at most ten minutes on a 2-core CPU); ``quick`` is the smoke
-version the test suite runs (about two minutes or less). Both train on the CPU with bf16
-autocast.
+version the test suite runs (about two minutes or less). Both train on the CPU, in bf16
+autocast where the CPU has bf16 units and in fp32 elsewhere (``DemoSettings.precision``).
 """
 
 from __future__ import annotations
@@ -82,6 +82,10 @@ class DemoSettings:
         efficiency_frames: frame counts of the efficiency comparison.
         efficiency_image_size: frame side of the efficiency comparison (the paper: 384).
         latency_repeats: timed repeats per latency figure.
+        precision: the arithmetic of training, evaluation and the latency figures: ``bf16``
+            (bf16 autocast), ``fp32``, or ``auto`` (the default): bf16 where this CPU
+            multiplies bf16 faster than fp32 (AVX-512 BF16 or AMX units), fp32 elsewhere
+            (on an AVX2-only CPU bf16 is emulated and runs several times slower than fp32).
     """
 
     num_train: int = 3000
@@ -111,6 +115,7 @@ class DemoSettings:
     efficiency_frames: tuple[int, ...] = (8, 16, 32)
     efficiency_image_size: int = 384
     latency_repeats: int = 3
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -120,6 +125,20 @@ class DemoSettings:
         ``run_demo``, since fields may be changed after construction)."""
         if self.eval_split not in ("test", "val"):
             raise ValueError(f"DemoSettings.eval_split={self.eval_split!r} must be 'test' or 'val'")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(
+                f"DemoSettings.precision={self.precision!r} must be 'auto', 'bf16' or 'fp32'"
+            )
+
+    def resolved_precision(self) -> str:
+        """``precision``, with ``auto`` replaced by what this CPU runs fastest
+        (:func:`perceiver_vl.bench.matmul.fastest_cpu_precision`: bf16 where the CPU has
+        native bf16 units, fp32 where bf16 is emulated)."""
+        if self.precision != "auto":
+            return self.precision
+        from perceiver_vl.bench.matmul import fastest_cpu_precision
+
+        return fastest_cpu_precision()
 
     @classmethod
     def full(cls) -> DemoSettings:
@@ -151,9 +170,10 @@ class DemoSettings:
 # ----------------------------------------------------------------------------------------------
 # The training stages (shared by the demo and the analyses)
 # ----------------------------------------------------------------------------------------------
-def cpu_trainer(out: Path, stage: str, steps: int, progress: bool):
-    """The stages' Lightning trainer: CPU, bf16 autocast, gradient clipping at 1.0, the CSV
-    logger under ``out/logs/<stage>``, no checkpoints and no validation loop."""
+def cpu_trainer(out: Path, stage: str, steps: int, progress: bool, precision: str = "bf16"):
+    """The stages' Lightning trainer: CPU, ``precision`` (``bf16``: bf16 autocast; ``fp32``),
+    gradient clipping at 1.0, the CSV logger under ``out/logs/<stage>``, no checkpoints and no
+    validation loop."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
@@ -161,7 +181,7 @@ def cpu_trainer(out: Path, stage: str, steps: int, progress: bool):
         accelerator="cpu",
         devices=1,
         max_steps=steps,
-        precision="bf16-mixed",
+        precision={"bf16": "bf16-mixed", "fp32": "32-true"}[precision],
         gradient_clip_val=1.0,
         logger=CSVLogger(str(out / "logs"), name=stage, version=""),
         enable_checkpointing=False,
@@ -175,11 +195,17 @@ def cpu_trainer(out: Path, stage: str, steps: int, progress: bool):
 
 
 def train_stage(
-    module: Any, datamodule: Any, out: Path, stage: str, steps: int, progress: bool
+    module: Any,
+    datamodule: Any,
+    out: Path,
+    stage: str,
+    steps: int,
+    progress: bool,
+    precision: str = "bf16",
 ) -> dict[str, float]:
     """Fit ``module`` for ``steps`` optimiser steps with :func:`cpu_trainer`; returns the
     trainer's final logged metrics, rounded to 4 decimals."""
-    trainer = cpu_trainer(out, stage, steps, progress)
+    trainer = cpu_trainer(out, stage, steps, progress, precision)
     trainer.fit(module, datamodule=datamodule)
     metrics: dict[str, float] = {}
     for key, value in trainer.callback_metrics.items():
@@ -275,7 +301,15 @@ def pretrain_model(
         warmup=0.1,
         seed=seed,
     )
-    metrics = train_stage(module, datamodule, out, "pretrain", settings.pretrain_steps, progress)
+    metrics = train_stage(
+        module,
+        datamodule,
+        out,
+        "pretrain",
+        settings.pretrain_steps,
+        progress,
+        settings.resolved_precision(),
+    )
     return module, metrics
 
 
@@ -314,5 +348,13 @@ def finetune_model(
         warmup=0.1,
         seed=seed,
     )
-    metrics = train_stage(module, datamodule, out, stage, settings.finetune_steps, progress)
+    metrics = train_stage(
+        module,
+        datamodule,
+        out,
+        stage,
+        settings.finetune_steps,
+        progress,
+        settings.resolved_precision(),
+    )
     return module.model.cpu().eval(), metrics

@@ -59,7 +59,8 @@ def layerdrop_table(metrics: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Latency: a joint (single-stream) forward of {batch} (video, caption) pairs at once, bf16, "
+        f"Latency: a joint (single-stream) forward of {batch} (video, caption) pairs at once, "
+        f"{metrics.get('precision', 'bf16')}, "
         "divided by the pairs; median of the timed calls after one warm-up.",
     ]
     return "\n".join(lines)
@@ -224,7 +225,8 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         f"Synthetic video-text benchmark (seed {metrics['seed']}{', quick mode' if metrics['quick'] else ''}); "
         f"{metrics['num_test_pairs']} held-out {split} captions, each unique, each with its own video. "
         f"Total wall time {metrics['total_seconds']:.0f} s on {machine['cores']} CPU cores "
-        f"({machine['cpu']}, torch {machine['torch']}, {machine['torch_threads']} threads).",
+        f"({machine['cpu']}, torch {machine['torch']}, {machine['torch_threads']} threads, "
+        f"{metrics.get('precision', 'bf16')} arithmetic).",
         "",
         "## Retrieval (recalls in %, ranks 1-based; time includes encoding)",
         "",

@@ -6,7 +6,10 @@ What lives where, and what each part may import (imports point down this list, n
 - ``model``: the pure-PyTorch model, its presets, weights and FLOP counter (``fileio``).
 - ``data``: tokenizer, media decoding, data sets, the synthetic benchmark (``fileio``).
 - ``metrics``: retrieval and QA metrics (torch and numpy only); ``flops``: the model's counter.
-- ``train``: Lightning training and evaluation (``model``, ``data``, ``metrics``).
+- ``evaluation``: retrieval in every stream mode and QA, no Lightning (``model``, ``data``,
+  ``metrics``).
+- ``train``: Lightning training and the ``evaluate`` command (``model``, ``data``, ``metrics``,
+  ``evaluation``).
 - ``retrieval``: the stored index and its search (``model``, ``data``).
 - ``bench``: FLOPs, latency and scaling against a joint transformer (``model``).
 - ``serve``: the HTTP search service (``retrieval``, ``model``).

@@ -102,7 +102,7 @@ def test_median_call_ms_warms_up_once_then_times_each_repeat():
 
 
 def test_pair_latency_runs_the_first_pairs_with_the_chosen_blocks():
-    from perceiver_vl.train.evaluation import RetrievalInputs
+    from perceiver_vl.evaluation import RetrievalInputs
 
     seen = []
 

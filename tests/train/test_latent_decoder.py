@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from perceiver_vl.evaluation import RetrievalInputs
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
-from perceiver_vl.train.evaluation import RetrievalInputs
 from perceiver_vl.train.latent_decoder import fit_decoder_on_dataset, fit_decoder_on_latents
 
 from .conftest import TINY_MODEL

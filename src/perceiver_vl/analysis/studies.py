@@ -103,7 +103,7 @@ def _data(out: Path, settings: DemoSettings, data_root: Path | None, seed: int, 
 
 def _r1(model: PerceiverVL, data: Any, *, blocks: Any = None) -> dict[str, float]:
     """Multi- and mixed-stream R@1 (both directions) as flat ``{mode}_{t2v|v2t}_r1`` keys."""
-    from perceiver_vl.train.evaluation import evaluate_retrieval
+    from perceiver_vl.evaluation import evaluate_retrieval
 
     res = evaluate_retrieval(
         model,
@@ -384,7 +384,7 @@ def streams(
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Fig. 6: R@1 and total retrieval time against the number of pairs per stream mode."""
-    from perceiver_vl.train.evaluation import evaluate_retrieval
+    from perceiver_vl.evaluation import evaluate_retrieval
 
     settings = study_settings(quick)
     datamodule, data = _data(out, settings, data_root, seed, progress)

@@ -11,7 +11,7 @@ Pillow, tokenizers, tqdm, the standard library and :mod:`perceiver_vl.fileio`.
 from perceiver_vl.data.batching import SharedWordBatchSampler
 from perceiver_vl.data.benchmarks import LSMDC, NLVR2, TGIFQA, ActivityNetCaptions
 from perceiver_vl.data.cache import CachedClips
-from perceiver_vl.data.collate import Collator, collate
+from perceiver_vl.data.collate import Collator, collate, visual_inputs
 from perceiver_vl.data.datasets import (
     CC3M,
     MSRVTTQA,
@@ -67,6 +67,7 @@ __all__ = [
     "collate",
     "normalize_answer",
     "read_annotations",
+    "visual_inputs",
     "vqa_score",
     "IGNORE_INDEX",
     "FailureTracker",

@@ -172,3 +172,16 @@ def collate(
     return Collator(tokenizer, mlm_probability=mlm_probability, whole_word=whole_word, seed=seed)(
         items
     )
+
+
+def visual_inputs(batch: dict[str, Any], index: torch.Tensor | None = None) -> dict[str, Any]:
+    """The model's visual keyword arguments from a collated batch (``images=`` when every item
+    is a still image, else ``video=`` + ``video_mask=``), optionally re-indexed."""
+    if "images" in batch:
+        images = batch["images"]
+        return {"images": images if index is None else images[index]}
+    video, mask = batch["video"], batch.get("video_mask")
+    if index is not None:
+        video = video[index]
+        mask = None if mask is None else mask[index]
+    return {"video": video, "video_mask": mask}

@@ -89,7 +89,7 @@ def attribute_study(
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Per stream mode (multi, mixed): :func:`attribute_agreement` of the t2v rankings. The
     test split has one video per caption, so captions and videos share ``attributes``."""
-    from perceiver_vl.train.evaluation import encode_all
+    from perceiver_vl.evaluation import encode_all
 
     model.eval()
     with torch.no_grad():

@@ -139,7 +139,7 @@ def run_demo(
     """Run the main job and return its metrics (also written to ``out_dir/metrics.json``)."""
     import lightning.pytorch as pl
 
-    from perceiver_vl.train.evaluation import evaluate_retrieval
+    from perceiver_vl.evaluation import evaluate_retrieval
 
     from .attributes import attribute_study, load_attributes
     from .report import write_report

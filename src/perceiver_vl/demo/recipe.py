@@ -217,7 +217,7 @@ def train_stage(
 
 
 def _retrieval_inputs(test: CachedClips, tokenizer: Tokenizer):
-    from perceiver_vl.train.evaluation import RetrievalInputs
+    from perceiver_vl.evaluation import RetrievalInputs
 
     items = [test[i] for i in range(len(test))]
     video = torch.stack([it["video"] for it in items])

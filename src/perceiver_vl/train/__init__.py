@@ -1,16 +1,16 @@
-"""Training and evaluation of Perceiver-VL on Lightning (the model itself stays Lightning-free).
+"""Training of Perceiver-VL on Lightning (the model itself stays Lightning-free).
 
 Belongs here: the LightningModule and data module, objectives and losses, the training CLI and
-callbacks, resumption, checkpoint export, and evaluation (retrieval in every stream mode, QA).
+callbacks, resumption, checkpoint export, and the ``perceiver-vl evaluate`` command (it reads a
+data config through the data module; the evaluation itself is :mod:`perceiver_vl.evaluation`).
 May import: :mod:`perceiver_vl.model`, :mod:`perceiver_vl.data`, :mod:`perceiver_vl.metrics`,
-:mod:`perceiver_vl.fileio`, Lightning and jsonargparse (the ``train`` extra); not retrieval,
-bench, serve, demo or analysis.
+:mod:`perceiver_vl.evaluation`, :mod:`perceiver_vl.fileio`, Lightning and jsonargparse (the
+``train`` extra); not retrieval, bench, serve, demo or analysis.
 
 Public names (imported lazily, so ``import perceiver_vl.train`` is cheap):
 
 * :class:`PerceiverVLModule`, :class:`PerceiverVLDataModule`, :class:`PerceiverVLCLI`;
 * :func:`fit` / :class:`FitResult` (programmatic training);
-* :func:`evaluate_retrieval`, :func:`evaluate_qa` (stream-mode retrieval with wall times, QA);
 * :func:`export_checkpoint` (Lightning checkpoint -> safetensors + config.json).
 """
 
@@ -26,8 +26,6 @@ _NAMES = {
     "lightning_main": "cli",
     "fit": "api",
     "FitResult": "api",
-    "evaluate_retrieval": "evaluation",
-    "evaluate_qa": "evaluation",
     "export_checkpoint": "export_cli",
 }
 

@@ -16,16 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from perceiver_vl.fileio import atomic_write_json
-from perceiver_vl.model import PerceiverVL
-
-from .evaluation import (
+from perceiver_vl.evaluation import (
     MODES,
     evaluate_multiple_choice,
     evaluate_qa,
     evaluate_retrieval,
     stream_retrieval_inputs,
 )
+from perceiver_vl.fileio import atomic_write_json
+from perceiver_vl.model import PerceiverVL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 while the encoder stays frozen.
 
 With the encoder frozen, its latents never change, so they are computed once
-(:func:`~perceiver_vl.train.evaluation.encode_all`) and every step costs only the decoder: the
+(:func:`~perceiver_vl.evaluation.encode_all`) and every step costs only the decoder: the
 in-batch mixed-stream cross-entropy (:func:`~perceiver_vl.train.objectives.in_batch_mixed_loss`)
 over all B x B pairs of a batch. A step is then a few tens of milliseconds instead of a
 fraction of a second (no video encoding), so the decoder gets several times more steps in the
@@ -154,11 +154,12 @@ def fit_decoder_on_latents(
 
 
 def fit_decoder_on_dataset(model: PerceiverVL, data: Any, texts: Sequence[str], **options: Any):
-    """Encode the aligned pairs of ``data`` (:class:`~perceiver_vl.train.evaluation.
+    """Encode the aligned pairs of ``data`` (:class:`~perceiver_vl.evaluation.
     RetrievalInputs`, text i describes visual item i) once in eval mode and run
     :func:`fit_decoder_on_latents` on them. ``options`` go to that function (``precision`` is
     also used for encoding)."""
-    from .evaluation import encode_all
+    from perceiver_vl.evaluation import encode_all
+
     from .objectives import text_keys
 
     aligned = torch.equal(data.text_to_video.cpu(), torch.arange(data.num_visual))

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from perceiver_vl.data.collate import visual_inputs
 from perceiver_vl.fileio import atomic_write_json
 from perceiver_vl.metrics import qa_accuracy, retrieval_metrics, vqa_score
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig
@@ -45,19 +46,6 @@ def no_weight_decay(name: str, param: Tensor) -> bool:
     """Whether a parameter is exempt from weight decay: biases, norms, embeddings, latents,
     queries, the temperature (and any other parameter below two dimensions)."""
     return param.dim() < 2 or any(tag in name.lower() for tag in _NO_DECAY)
-
-
-def visual_inputs(batch: dict[str, Any], index: Tensor | None = None) -> dict[str, Tensor]:
-    """The model's visual keyword arguments from a collated batch (``images=`` when every item
-    is a still image, else ``video=`` + ``video_mask=``), optionally re-indexed."""
-    if "images" in batch:
-        images = batch["images"]
-        return {"images": images if index is None else images[index]}
-    video, mask = batch["video"], batch.get("video_mask")
-    if index is not None:
-        video = video[index]
-        mask = None if mask is None else mask[index]
-    return {"video": video, "video_mask": mask}
 
 
 class PerceiverVLModule(pl.LightningModule):

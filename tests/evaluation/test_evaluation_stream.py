@@ -8,7 +8,7 @@ import torch
 
 from perceiver_vl import PerceiverVL
 from perceiver_vl.data import CaptionDataset, Tokenizer
-from perceiver_vl.train.evaluation import (
+from perceiver_vl.evaluation import (
     MODES,
     evaluate_retrieval,
     load_retrieval_inputs,

@@ -1,0 +1,61 @@
+"""Encoding every caption and every media of a retrieval set once (the shared first pass of the
+multi, mixed and rerank modes), and the evaluation precision."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from perceiver_vl.model import PerceiverVL
+
+from .inputs import RetrievalInputs, StreamedRetrievalInputs
+
+
+def precision_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """Autocast to bfloat16 for ``precision`` ``"bf16"`` / ``"bf16-mixed"``; disabled otherwise."""
+    if precision in ("bf16", "bf16-mixed"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+@torch.no_grad()
+def encode_all(
+    model: PerceiverVL,
+    data: RetrievalInputs | StreamedRetrievalInputs,
+    *,
+    batch_size: int = 64,
+    cross_attention_layers: Any = None,
+    precision: str = "32",
+) -> tuple[Tensor, Tensor, float, float]:
+    """(visual latents (V, N, D), text latents (N_t, N, D), visual seconds, text seconds).
+
+    ``data`` is :class:`RetrievalInputs` or :class:`StreamedRetrievalInputs`; media are encoded
+    batch by batch as they come, and only the latents are kept."""
+    device = next(model.parameters()).device
+    with precision_autocast(device, precision):
+        start = time.perf_counter()
+        visual = []
+        for _, inputs in data.visual_batches(batch_size, desc="encoding media"):
+            kwargs = {k: v.to(device) if v is not None else None for k, v in inputs.items()}
+            visual.append(
+                model.encode(**kwargs, cross_attention_layers=cross_attention_layers).float()
+            )
+        visual_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        text = []
+        for s in range(0, data.text_ids.shape[0], batch_size):
+            text.append(
+                model.encode(
+                    text_ids=data.text_ids[s : s + batch_size].to(device),
+                    text_mask=data.text_mask[s : s + batch_size].to(device),
+                    cross_attention_layers=cross_attention_layers,
+                ).float()
+            )
+        text_seconds = time.perf_counter() - start
+    return torch.cat(visual), torch.cat(text), visual_seconds, text_seconds
+
+
+__all__ = ["encode_all", "precision_autocast"]

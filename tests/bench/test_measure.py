@@ -125,7 +125,7 @@ def test_pair_latency_runs_the_first_pairs_with_the_chosen_blocks():
 
 
 def test_pair_latency_runs_in_the_chosen_precision():
-    from perceiver_vl.train.evaluation import RetrievalInputs
+    from perceiver_vl.evaluation import RetrievalInputs
 
     dtypes = []
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from perceiver_vl.bench.matmul import fastest_cpu_precision
 from perceiver_vl.bench.measure import pair_latency_ms
 from perceiver_vl.demo.pipeline import machine_description
 from perceiver_vl.demo.recipe import (
@@ -101,7 +100,7 @@ def _data(out: Path, settings: DemoSettings, data_root: Path | None, seed: int, 
     return datamodule, data
 
 
-def _r1(model: PerceiverVL, data: Any, *, blocks: Any = None) -> dict[str, float]:
+def _r1(model: PerceiverVL, data: Any, precision: str, *, blocks: Any = None) -> dict[str, float]:
     """Multi- and mixed-stream R@1 (both directions) as flat ``{mode}_{t2v|v2t}_r1`` keys."""
     from perceiver_vl.evaluation import evaluate_retrieval
 
@@ -110,7 +109,7 @@ def _r1(model: PerceiverVL, data: Any, *, blocks: Any = None) -> dict[str, float
         data,
         modes=(StreamMode.MULTI, StreamMode.MIXED),
         cross_attention_layers=blocks,
-        precision=fastest_cpu_precision(),
+        precision=precision,
     )
     return {
         f"{mode}_{direction}_r1": res[mode][f"{direction}_r1"]
@@ -157,7 +156,7 @@ def latent_size(
             model_overrides={"num_latents": n},
             stage=f"latents-{n}",
         )
-        res = _r1(model, data)
+        res = _r1(model, data, settings.resolved_precision())
         visual = data.visual(slice(0, 1))
         flops = count_flops(
             model, **visual, text_ids=data.text_ids[:1], text_mask=data.text_mask[:1]
@@ -325,9 +324,13 @@ def cross_attention(
                 {
                     "trained_layerdrop": layerdrop,
                     "blocks": str(blocks),
-                    **_r1(model, data, blocks=blocks),
+                    **_r1(model, data, settings.resolved_precision(), blocks=blocks),
                     "latency_ms": pair_latency_ms(
-                        model, data, blocks, 5 if quick else 20, precision=fastest_cpu_precision()
+                        model,
+                        data,
+                        blocks,
+                        5 if quick else 20,
+                        precision=settings.resolved_precision(),
                     ),
                 }
             )

@@ -215,6 +215,79 @@ def test_pair_logits_equal_the_forward_of_gathered_pairs_in_training(aggregation
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("aggregation", ["joint", "separate"])
+def test_paired_forward_equals_pretraining_two_passes(aggregation):
+    """forward over pairs (visual_index / text_index) with per-text MLM labels and per-pair
+    matching labels (-100 = no matching loss) is the released code's two passes, matching on
+    the clean caption with shuffled videos and masked LM on the corrupted copy with each
+    sample's own video: same logits, losses and gradients, under LayerDrop, with padding."""
+    torch.manual_seed(0)
+    config = tiny_config(modality_aggregation=aggregation, layerdrop=0.5, dropout=0.0)
+    model = PerceiverVL(config).train()
+    video, ids, mask = make_inputs(batch=4, frames=3, length=6, seed=5)
+    vmask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    mask[2, 4:] = False
+    corrupted = ids.clone()
+    corrupted[:, 1] = 3
+    labels = torch.full_like(ids, -100)
+    labels[:, 1] = ids[:, 1]
+    labels[0, 3] = ids[0, 3]
+    shuffle = torch.tensor([0, 2, 1, 3])
+    match = torch.tensor([1, 0, 0, 1])
+    own = torch.arange(4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for step in range(3):
+        paired = model(
+            video=video, video_mask=vmask, text_ids=torch.cat([ids, corrupted]),
+            text_mask=torch.cat([mask, mask]), visual_index=torch.cat([shuffle, own]),
+            text_index=torch.arange(8), mlm_labels=torch.cat([torch.full_like(labels, -100), labels]),
+            matching_labels=torch.cat([match, torch.full_like(match, -100)]), layerdrop_step=step,
+        )  # fmt: skip
+        matching = model(
+            video=video[shuffle], video_mask=vmask[shuffle], text_ids=ids, text_mask=mask,
+            matching_labels=match, layerdrop_step=step,
+        )  # fmt: skip
+        mlm = model(
+            video=video, video_mask=vmask, text_ids=corrupted, text_mask=mask, mlm_labels=labels,
+            layerdrop_step=step,
+        )  # fmt: skip
+        assert paired.matching_logits.shape == (8,)
+        torch.testing.assert_close(
+            paired.matching_logits[:4], matching.matching_logits, atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            paired.matching_loss, matching.matching_loss, atol=1e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(paired.mlm_loss, mlm.mlm_loss, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            paired.mlm_target_logits, mlm.mlm_target_logits, atol=1e-5, rtol=1e-5
+        )
+        fast = paired.matching_loss * 0.3 + paired.mlm_loss
+        slow = matching.matching_loss * 0.3 + mlm.mlm_loss
+        g_fast = torch.autograd.grad(fast, params, allow_unused=True)
+        g_slow = torch.autograd.grad(slow, params, allow_unused=True)
+        for a, b in zip(g_fast, g_slow, strict=True):
+            if a is None or b is None:  # a head only one of the calls reaches
+                assert a is None or not a.any()
+                assert b is None or not b.any()
+            else:
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_matching_labels_minus_100_are_left_out_of_the_loss(tiny_model):
+    video, ids, mask = make_inputs(batch=3)
+    with torch.no_grad():
+        out = tiny_model(
+            video=video, text_ids=ids, text_mask=mask, matching_labels=torch.tensor([1, -100, 0])
+        )
+        kept = torch.nn.functional.binary_cross_entropy_with_logits(
+            out.matching_logits[[0, 2]], torch.tensor([1.0, 0.0])
+        )
+        torch.testing.assert_close(out.matching_loss, kept)
+    with pytest.raises(ValueError, match="matching_labels must hold only 1"):
+        tiny_model(video=video, text_ids=ids, matching_labels=torch.tensor([1, 2, 0]))
+
+
 def test_pair_logits_check_their_indices(tiny_model):
     video, ids, _ = make_inputs(batch=2)
     with pytest.raises(ValueError, match="visual_index values must lie in"):

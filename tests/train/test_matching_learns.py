@@ -100,27 +100,41 @@ def test_matching_learns_a_separable_task(residual, objectives):
 
 
 def test_matching_is_scored_on_clean_text_by_default():
-    """Released semantics: the matching pass sees the uncorrupted caption, masked LM the
-    corrupted one (two encoder passes); ``matching_text: corrupted`` folds them into one."""
+    """Released semantics: matching sees the uncorrupted caption, masked LM the corrupted one.
+    Both run as one forward over 2B pairs (every video embedded once): rows 0..B-1 pair the
+    clean captions with the matching pass's videos and carry the matching labels, rows B..2B-1
+    pair each corrupted caption with its own video and carry the masked-LM labels.
+    ``matching_text: corrupted`` scores matching on the corrupted text in B rows instead."""
     batch = colour_batch(torch.Generator().manual_seed(0), size=8)
-    seen: list[torch.Tensor] = []
-    for matching_text, expected in (("clean", 2), ("corrupted", 1)):
+    size = batch["text_ids"].shape[0]
+    seen: list[dict] = []
+    for matching_text in ("clean", "corrupted"):
         module = tiny_module(
             "normalized", objectives=["matching", "mlm"], matching_text=matching_text
         )
         original = module.model.forward
 
         def spy(*args, _original=original, **kwargs):
-            seen.append(kwargs["text_ids"])
+            seen.append(kwargs)
             return _original(*args, **kwargs)
 
         module.model.forward = spy  # type: ignore[method-assign]
         seen.clear()
         losses, stats = module.compute_losses(batch, 0, torch.Generator().manual_seed(0))
         assert set(losses) == {"matching", "mlm"} and "matching_acc" in stats
-        assert len(seen) == expected
+        assert len(seen) == 1
+        call = seen[0]
         if matching_text == "clean":
-            assert torch.equal(seen[0], batch["text_ids"])  # matching: clean text
-            assert torch.equal(seen[1], batch["mlm_ids"])  # masked LM: the corrupted copy
+            texts = call["text_ids"][call["text_index"]]
+            assert torch.equal(texts[:size], batch["text_ids"])  # matching: clean text
+            assert torch.equal(texts[size:], batch["mlm_ids"])  # masked LM: the corrupted copy
+            assert torch.equal(call["visual_index"][size:], torch.arange(size))  # own videos
+            labels = call["matching_labels"]
+            assert ((labels[:size] == 0) | (labels[:size] == 1)).all()
+            assert (labels[size:] == -100).all() and (labels[:size] == 0).any()
+            mlm = call["mlm_labels"][call["text_index"]]
+            assert (mlm[:size] == -100).all()
+            assert torch.equal(mlm[size:], batch["mlm_labels"])
         else:
-            assert torch.equal(seen[0], batch["mlm_ids"])
+            assert "text_index" not in call
+            assert torch.equal(call["text_ids"], batch["mlm_ids"])

@@ -405,12 +405,64 @@ class PerceiverVL(nn.Module):
         )[0]
 
     def _encode(
-        self, video, video_mask, images, text_ids, text_mask, cross_attention_layers, layerdrop_step
+        self,
+        video,
+        video_mask,
+        images,
+        text_ids,
+        text_mask,
+        cross_attention_layers,
+        layerdrop_step,
+        visual_index: Tensor | None = None,
+        text_index: Tensor | None = None,
     ) -> tuple[Tensor, tuple[int, ...], _Inputs]:
-        inputs = self._check_inputs(video, video_mask, images, text_ids, text_mask)
+        if visual_index is None and text_index is None:
+            inputs = self._check_inputs(video, video_mask, images, text_ids, text_mask)
+            blocks = self.select_cross_attention_blocks(cross_attention_layers, layerdrop_step)
+            visual, text = self._contexts(inputs)
+            return self.encoder(visual, text, blocks), blocks, inputs
+        # pairs of items: each visual item and each text embedded once, gathered per pair
+        visual_inputs = self._check_inputs(video, video_mask, images, None, None)
+        text_inputs = self._check_inputs(None, None, None, text_ids, text_mask)
+        for name, index, size in (
+            ("visual_index", visual_index, visual_inputs.batch_size),
+            ("text_index", text_index, text_inputs.batch_size),
+        ):
+            if (
+                not isinstance(index, Tensor)
+                or index.dim() != 1
+                or index.is_floating_point()
+                or index.dtype == torch.bool
+            ):
+                raise ValueError(
+                    f"{name} must be a 1-D integer tensor (pairs need both visual_index and "
+                    f"text_index), got {_describe(index)}"
+                )
+            if (
+                self.check_input_values
+                and index.numel()
+                and (int(index.min()) < 0 or int(index.max()) >= size)
+            ):
+                raise ValueError(f"{name} values must lie in [0, {size}), the number of items")
+        assert visual_index is not None and text_index is not None
+        if visual_index.shape != text_index.shape or visual_index.numel() == 0:
+            raise ValueError(
+                "visual_index and text_index must name the same, positive number of pairs, got "
+                f"{tuple(visual_index.shape)} and {tuple(text_index.shape)}"
+            )
         blocks = self.select_cross_attention_blocks(cross_attention_layers, layerdrop_step)
-        visual, text = self._contexts(inputs)
-        return self.encoder(visual, text, blocks), blocks, inputs
+        visual, _ = self._contexts(visual_inputs)
+        _, text = self._contexts(text_inputs)
+        latents = self.encoder(visual, text, blocks, pairs=(visual_index, text_index))
+        inputs = _Inputs(
+            frames=visual_inputs.frames,
+            frame_mask=visual_inputs.frame_mask,
+            is_video=visual_inputs.is_video,
+            text_ids=text_inputs.text_ids,
+            text_mask=text_inputs.text_mask,
+            batch_size=visual_index.shape[0],
+        )
+        return latents, blocks, inputs
 
     def decode(self, queries: Tensor, latents: Tensor, latent_mask: Tensor | None = None) -> Tensor:
         """queries: (B, Q, D) read latents (B, N', D) -> decoder states (B, Q, D)."""
@@ -429,22 +481,43 @@ class PerceiverVL(nn.Module):
         answer_targets: Tensor | None = None,
         cross_attention_layers: Any = None,
         layerdrop_step: int | None = None,
+        visual_index: Tensor | None = None,
+        text_index: Tensor | None = None,
     ) -> PerceiverVLOutput:
         """Single-stream forward: joint encoding, one decoder call, the heads, the losses.
 
         Args:
             mlm_labels: (B, L) original ids at masked-LM targets, -100 elsewhere; adds the MLM
                 queries to the decoder call and returns ``mlm_logits`` and ``mlm_loss``.
-            matching_labels: (B,) 1 = the pair matches, 0 = it does not (binary cross-entropy).
+            matching_labels: (B,) 1 = the pair matches, 0 = it does not (binary cross-entropy),
+                -100 = no matching loss for this pair (the loss averages the others).
             answer_targets: (B, num_answers) VQA soft scores (``qa_loss="bce"``) or (B,) answer
                 indices (``qa_loss="ce"``); needs a model with ``num_answers > 0``.
             cross_attention_layers: which cross-attention blocks run (indices into the schedule,
                 0 = the first block); None = LayerDrop in training, the config's default otherwise.
             layerdrop_step: the training step the LayerDrop decision is drawn for (identical on
                 every data-parallel rank); None = the model's own counter.
+            visual_index / text_index: (P,) each: score the P pairs (visual item
+                ``visual_index[p]``, text ``text_index[p]``) instead of aligned rows. Every
+                visual item and text is embedded once and its keys/values projected once per
+                cross-attention block, then gathered per pair: the result equals the forward of
+                ``video[visual_index]`` with ``text_ids[text_index]`` (to float rounding), at a
+                fraction of its cost when items recur (a caption against k + 1 candidate
+                videos; pretraining's matching pass on the clean caption and masked-LM pass on
+                the corrupted copy of the same videos). ``mlm_labels`` then has the shape of
+                ``text_ids`` (one row per text, gathered per pair); ``matching_labels`` and the
+                outputs have one row per pair.
         """
         latents, blocks, inputs = self._encode(
-            video, video_mask, images, text_ids, text_mask, cross_attention_layers, layerdrop_step
+            video,
+            video_mask,
+            images,
+            text_ids,
+            text_mask,
+            cross_attention_layers,
+            layerdrop_step,
+            visual_index,
+            text_index,
         )
         batch = inputs.batch_size
         queries = [self.decoder.matching_queries(batch)]
@@ -467,6 +540,8 @@ class PerceiverVL(nn.Module):
                     f"{_describe(mlm_labels)} with target values "
                     f"{targets.flatten()[:3].tolist() if targets is not None else []}"
                 )
+            if text_index is not None:  # one row of labels per text -> one per pair
+                mlm_labels = mlm_labels[text_index.to(mlm_labels.device)]
             queries.append(self.decoder.mlm_queries(mlm_labels))
         query_array = queries[0] if len(queries) == 1 else torch.cat(queries, dim=1)
         states = self.decoder(query_array, latents)
@@ -481,20 +556,31 @@ class PerceiverVL(nn.Module):
                 if (
                     self.check_input_values
                     and matching_labels.numel()
-                    and not bool(((matching_labels == 0) | (matching_labels == 1)).all())
+                    and not bool(
+                        (
+                            (matching_labels == 0)
+                            | (matching_labels == 1)
+                            | (matching_labels == -100)
+                        ).all()
+                    )
                 ):
                     raise ValueError(
-                        "matching_labels must hold only 1 (the pair matches) and 0 (it does "
-                        f"not), got values {matching_labels.unique()[:5].tolist()}"
+                        "matching_labels must hold only 1 (the pair matches), 0 (it does "
+                        "not) and -100 (no matching loss), got values "
+                        f"{matching_labels.unique()[:5].tolist()}"
                     )
-                target = matching_labels.to(out.matching_logits.dtype).reshape(-1)
+                target = matching_labels.reshape(-1).to(out.matching_logits.device)
                 if target.shape[0] != batch:
                     raise ValueError(
                         f"matching_labels must be (B,) = ({batch},), got {_describe(matching_labels)}"
                     )
-                out.matching_loss = F.binary_cross_entropy_with_logits(
-                    out.matching_logits.float(), target.float()
+                scored = target != -100
+                loss = F.binary_cross_entropy_with_logits(
+                    out.matching_logits.float(), target.float().clamp(min=0.0), reduction="none"
                 )
+                # the mean over the scored pairs (all of them when none is -100), without a
+                # host synchronisation
+                out.matching_loss = (loss * scored).sum() / scored.sum().clamp(min=1)
                 losses.append(out.matching_loss)
         elif matching_labels is not None:
             raise ValueError("matching_labels need both a visual input and text_ids")
@@ -562,35 +648,18 @@ class PerceiverVL(nn.Module):
         rounding) at a fraction of its cost when items recur, as when each caption is scored
         against k + 1 candidate videos in retrieval training.
         """
-        visual_inputs = self._check_inputs(video, video_mask, images, None, None)
-        text_inputs = self._check_inputs(None, None, None, text_ids, text_mask)
-        for name, index, size in (
-            ("visual_index", visual_index, visual_inputs.batch_size),
-            ("text_index", text_index, text_inputs.batch_size),
-        ):
-            if (
-                not isinstance(index, Tensor)
-                or index.dim() != 1
-                or index.is_floating_point()
-                or index.dtype == torch.bool
-            ):
-                raise ValueError(f"{name} must be a 1-D integer tensor, got {_describe(index)}")
-            if (
-                self.check_input_values
-                and index.numel()
-                and (int(index.min()) < 0 or int(index.max()) >= size)
-            ):
-                raise ValueError(f"{name} values must lie in [0, {size}), the number of items")
-        if visual_index.shape != text_index.shape or visual_index.numel() == 0:
-            raise ValueError(
-                "visual_index and text_index must name the same, positive number of pairs, got "
-                f"{tuple(visual_index.shape)} and {tuple(text_index.shape)}"
-            )
-        blocks = self.select_cross_attention_blocks(cross_attention_layers, layerdrop_step)
-        visual, _ = self._contexts(visual_inputs)
-        _, text = self._contexts(text_inputs)
-        latents = self.encoder(visual, text, blocks, pairs=(visual_index, text_index))
-        states = self.decoder(self.decoder.matching_queries(visual_index.shape[0]), latents)
+        latents, _, _ = self._encode(
+            video,
+            video_mask,
+            images,
+            text_ids,
+            text_mask,
+            cross_attention_layers,
+            layerdrop_step,
+            visual_index,
+            text_index,
+        )
+        states = self.decoder(self.decoder.matching_queries(latents.shape[0]), latents)
         return self.matching_head(states[:, 0])
 
     def multi_stream_scores(self, visual_latents: Tensor, text_latents: Tensor) -> Tensor:

@@ -523,6 +523,10 @@ class PerceiverVLModule(pl.LightningModule):
                 and "matching" in objectives
                 and "mlm" in objectives
             )
+            if "mlm" in objectives and "mlm_labels" not in batch:
+                raise ValueError(
+                    "the 'mlm' objective needs masked-LM inputs: set data.mlm_probability > 0"
+                )
             if "matching" in objectives:
                 index, labels = matching_pairs(
                     size,
@@ -534,50 +538,54 @@ class PerceiverVLModule(pl.LightningModule):
                     ),
                 )
                 index, matching_labels = index.to(ids.device), labels.to(ids.device)
-                if not joint_pass:
-                    # the released semantics: matching is scored on the clean text
-                    out = model(
-                        **visual_inputs(batch, index),
-                        text_ids=ids,
-                        text_mask=mask,
-                        matching_labels=matching_labels,
-                        layerdrop_step=layerdrop_step,
-                    )
-                    blocks = out.cross_attention_blocks
-                    self._matching_stats(out, matching_labels, losses, stats)
-            if "mlm" in objectives:
-                if "mlm_labels" not in batch:
-                    raise ValueError(
-                        "the 'mlm' objective needs masked-LM inputs: set data.mlm_probability > 0"
-                    )
-                mlm_labels = batch["mlm_labels"]
-                if joint_pass:
-                    # one encoder call: matching on the corrupted text, MLM on the matched pairs
-                    if not self.hparams.mlm_on_negatives:
-                        mlm_labels = mlm_labels.masked_fill(matching_labels[:, None] == 0, -100)
-                    out = model(
-                        **visual_inputs(batch, index),
-                        text_ids=batch["mlm_ids"],
-                        text_mask=mask,
-                        mlm_labels=mlm_labels,
-                        matching_labels=matching_labels,
-                        layerdrop_step=layerdrop_step,
-                    )
-                    self._matching_stats(out, matching_labels, losses, stats)
-                else:  # each sample's own visual input with its corrupted text
-                    out = model(
-                        **vis,
-                        text_ids=batch["mlm_ids"],
-                        text_mask=mask,
-                        mlm_labels=mlm_labels,
-                        layerdrop_step=layerdrop_step,
-                    )
+            if "matching" in objectives and "mlm" in objectives and not joint_pass:
+                # the released semantics, matching on the clean caption and masked LM on the
+                # corrupted copy, as one call over 2B pairs: each video is embedded and its
+                # keys/values projected once for both (equal to two forwards, at less cost)
+                out = self._clean_matching_and_mlm(
+                    batch, vis, index, matching_labels, layerdrop_step
+                )
                 blocks = out.cross_attention_blocks
-                losses["mlm"] = out.mlm_loss
-                target = mlm_labels != -100
-                if bool(target.any()):
-                    hit = out.mlm_target_logits.detach().argmax(-1) == mlm_labels[target]
-                    stats["mlm_acc"] = hit.float().mean()
+                losses["matching"] = out.matching_loss
+                pred = (out.matching_logits.detach()[:size] > 0).long()
+                stats["matching_acc"] = (pred == matching_labels).float().mean()
+                self._mlm_stats(out, batch["mlm_labels"], losses, stats)
+            elif "matching" in objectives and not joint_pass:
+                out = model(
+                    **visual_inputs(batch, index),
+                    text_ids=ids,
+                    text_mask=mask,
+                    matching_labels=matching_labels,
+                    layerdrop_step=layerdrop_step,
+                )
+                blocks = out.cross_attention_blocks
+                self._matching_stats(out, matching_labels, losses, stats)
+            elif joint_pass:
+                # one encoder call: matching on the corrupted text, MLM on the matched pairs
+                mlm_labels = batch["mlm_labels"]
+                if not self.hparams.mlm_on_negatives:
+                    mlm_labels = mlm_labels.masked_fill(matching_labels[:, None] == 0, -100)
+                out = model(
+                    **visual_inputs(batch, index),
+                    text_ids=batch["mlm_ids"],
+                    text_mask=mask,
+                    mlm_labels=mlm_labels,
+                    matching_labels=matching_labels,
+                    layerdrop_step=layerdrop_step,
+                )
+                blocks = out.cross_attention_blocks
+                self._matching_stats(out, matching_labels, losses, stats)
+                self._mlm_stats(out, mlm_labels, losses, stats)
+            else:  # masked LM alone: each sample's own visual input with its corrupted text
+                out = model(
+                    **vis,
+                    text_ids=batch["mlm_ids"],
+                    text_mask=mask,
+                    mlm_labels=batch["mlm_labels"],
+                    layerdrop_step=layerdrop_step,
+                )
+                blocks = out.cross_attention_blocks
+                self._mlm_stats(out, batch["mlm_labels"], losses, stats)
 
         if "qa" in objectives:
             if model.config.qa_loss == "bce":
@@ -680,6 +688,43 @@ class PerceiverVLModule(pl.LightningModule):
         losses["matching"] = out.matching_loss
         pred = (out.matching_logits.detach() > 0).long()
         stats["matching_acc"] = (pred == labels).float().mean()
+
+    def _clean_matching_and_mlm(
+        self,
+        batch: dict[str, Any],
+        vis: dict[str, Any],
+        index: Tensor,
+        matching_labels: Tensor,
+        layerdrop_step: int | None,
+    ) -> Any:
+        """Pretraining's two passes in one forward over 2B pairs: rows 0..B-1 pair video
+        ``index[i]`` with clean caption i (matching, ``matching_labels``), rows B..2B-1 pair
+        video i with its corrupted caption (masked LM). Texts and videos are items of the
+        model's paired forward, so every video is embedded once."""
+        ids, mask = batch["text_ids"], batch.get("text_mask")
+        size = ids.shape[0]
+        own = torch.arange(size, device=ids.device)
+        mlm_labels = batch["mlm_labels"]
+        return self.model(
+            **vis,
+            text_ids=torch.cat([ids, batch["mlm_ids"]]),
+            text_mask=None if mask is None else torch.cat([mask, mask]),
+            visual_index=torch.cat([index, own]),
+            text_index=torch.arange(2 * size, device=ids.device),
+            mlm_labels=torch.cat([torch.full_like(mlm_labels, -100), mlm_labels]),
+            matching_labels=torch.cat([matching_labels, torch.full_like(matching_labels, -100)]),
+            layerdrop_step=layerdrop_step,
+        )
+
+    @staticmethod
+    def _mlm_stats(
+        out: Any, mlm_labels: Tensor, losses: dict[str, Tensor], stats: dict[str, Tensor]
+    ) -> None:
+        losses["mlm"] = out.mlm_loss
+        target = mlm_labels != -100
+        if bool(target.any()):
+            hit = out.mlm_target_logits.detach().argmax(-1) == mlm_labels[target]
+            stats["mlm_acc"] = hit.float().mean()
 
     @torch.no_grad()
     def _locked_text_embedding(self, ids: Tensor, mask: Tensor | None) -> Tensor:

@@ -224,19 +224,38 @@ def _paired_keys(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Keys, values (P, heads, M_v + M_t, head_dim) and key mask of the paired input arrays,
     projected per item and gathered per pair."""
-    visual_index, text_index = pairs
-    k_v, v_v = block.attn.project_kv(visual[0])
-    k_t, v_t = block.attn.project_kv(text[0])
-    keys = torch.cat([k_v[visual_index], k_t[text_index]], dim=2)
-    values = torch.cat([v_v[visual_index], v_t[text_index]], dim=2)
-    if visual[1] is None and text[1] is None:
+    return gather_pair_keys(
+        block.attn.project_kv(visual[0]), visual[1], block.attn.project_kv(text[0]), text[1], *pairs
+    )
+
+
+def gather_pair_keys(
+    visual_kv: tuple[Tensor, Tensor],
+    visual_mask: Tensor | None,
+    text_kv: tuple[Tensor, Tensor],
+    text_mask: Tensor | None,
+    visual_index: Tensor,
+    text_index: Tensor,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The input array of each pair (visual item ``visual_index[p]``, text ``text_index[p]``)
+    from keys/values projected once per item: per-item (keys, values) (B_i, heads, M_i,
+    head_dim) and key masks (B_i, M_i) or None -> keys, values (P, heads, M_v + M_t, head_dim)
+    and the key mask (P, M_v + M_t), or None when neither modality is padded."""
+    keys = torch.cat([visual_kv[0][visual_index], text_kv[0][text_index]], dim=2)
+    values = torch.cat([visual_kv[1][visual_index], text_kv[1][text_index]], dim=2)
+    if visual_mask is None and text_mask is None:
         return keys, values, None
     masks = [
         (
             m[index]
             if m is not None
-            else torch.ones(a.shape[:2], dtype=torch.bool, device=a.device)[index]
+            else torch.ones(kv[0].shape[0], kv[0].shape[2], dtype=torch.bool, device=kv[0].device)[
+                index
+            ]
         )
-        for (a, m), index in ((visual, visual_index), (text, text_index))
+        for kv, m, index in (
+            (visual_kv, visual_mask, visual_index),
+            (text_kv, text_mask, text_index),
+        )
     ]
     return keys, values, torch.cat(masks, dim=1)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .encoder import Context, CrossAttend, LatentEncoder
+from .encoder import Context, CrossAttend, LatentEncoder, gather_pair_keys
 from .modeling import PerceiverVL
 from .split_attention import AttentionSummary, merge, summarize
 
@@ -169,9 +169,7 @@ def single_stream_scores(
             AttentionSummary(summary_t.lse[t_idx], summary_t.values[t_idx]),
         )
         x = block0.finish(x0.expand(p, -1, -1), h0.expand(p, -1, -1), attended)
-        pair_mask = torch.cat([mask_v[v_idx], mask_t[t_idx]], dim=1)
-
-        cross_attend = _paired_cross_attend(encoder, (kv_v, v_idx), (kv_t, t_idx), pair_mask)
+        cross_attend = _paired_cross_attend(encoder, (kv_v, mask_v, v_idx), (kv_t, mask_t, t_idx))
         latents = encoder.run(x, blocks[1:], cross_attend, start_layer=first_layer)
         states = model.decoder(model.decoder.matching_queries(p), latents)
         scores[t_idx, v_idx] = model.matching_head(states[:, 0]).float()
@@ -180,18 +178,17 @@ def single_stream_scores(
 
 def _paired_cross_attend(
     encoder: LatentEncoder,
-    visual: tuple[dict[int, tuple[Tensor, Tensor]], Tensor],
-    text: tuple[dict[int, tuple[Tensor, Tensor]], Tensor],
-    pair_mask: Tensor,
+    visual: tuple[dict[int, tuple[Tensor, Tensor]], Tensor, Tensor],
+    text: tuple[dict[int, tuple[Tensor, Tensor]], Tensor, Tensor],
 ) -> CrossAttend:
     """A ``cross_attend`` for :meth:`LatentEncoder.run`: block j reads each pair's cached
-    keys/values (per item, by block: ``kv[j]``), gathered by the pair's item indices."""
-    (kv_v, v_idx), (kv_t, t_idx) = visual, text
+    keys/values (per item, by block: ``kv[j]``; key masks per item), gathered by the pair's
+    item indices (:func:`~perceiver_vl.model.encoder.gather_pair_keys`)."""
+    (kv_v, mask_v, v_idx), (kv_t, mask_t, t_idx) = visual, text
 
     def cross_attend(j: int, source: str, x: Tensor) -> Tensor:
-        keys = torch.cat([kv_v[j][0][v_idx], kv_t[j][0][t_idx]], dim=2)
-        values = torch.cat([kv_v[j][1][v_idx], kv_t[j][1][t_idx]], dim=2)
-        return encoder.cross_attention_blocks[j].forward_projected(x, keys, values, pair_mask)
+        keys, values, mask = gather_pair_keys(kv_v[j], mask_v, kv_t[j], mask_t, v_idx, t_idx)
+        return encoder.cross_attention_blocks[j].forward_projected(x, keys, values, mask)
 
     return cross_attend
 

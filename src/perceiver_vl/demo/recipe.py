@@ -290,7 +290,7 @@ def pretrain_model(
     model_overrides: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, float]]:
     """Stage 1: vision-text matching on the clean caption + masked LM on a corrupted copy (the
-    released code's two passes), with the config's LayerDrop."""
+    released code's two passes, run as one paired forward), with the config's LayerDrop."""
     from perceiver_vl.train.module import PerceiverVLModule
 
     module = PerceiverVLModule(

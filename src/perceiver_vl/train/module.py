@@ -80,11 +80,12 @@ class PerceiverVLModule(pl.LightningModule):
             like the positive's (ours; needs no trained embedding, so it works in pretraining).
             With random negatives, matching is mostly solved by what differs most often between
             two random captions; negatives alike in most words make it learn the rest.
-        matching_text: ``clean`` (the released code): matching is scored in its own encoder
-            pass on the uncorrupted text, and masked LM in a second pass on the corrupted copy,
-            each sample with its own visual input. ``corrupted``: one encoder pass for both
-            (half the cost): matching is scored on the MLM-corrupted text, and masked LM on the
-            matched pairs of that pass (``mlm_on_negatives`` adds the mismatched ones).
+        matching_text: ``clean`` (the released code): matching is scored on the uncorrupted
+            text, and masked LM on the corrupted copy with each sample's own visual input (one
+            paired forward over 2B pairs, equal to the released code's two passes, each video
+            embedded once). ``corrupted``: one pass over B pairs for both (half the latent
+            work): matching is scored on the MLM-corrupted text, and masked LM on the matched
+            pairs of that pass (``mlm_on_negatives`` adds the mismatched ones).
         mlm_on_negatives: with ``matching_text: corrupted``, also compute masked LM on
             mismatched pairs (default: matched only).
         retrieval_stream: ``mixed`` (encode each modality once, score with the decoder),

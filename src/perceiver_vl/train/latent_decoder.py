@@ -90,7 +90,7 @@ def fit_decoder_on_latents(
 
     from tqdm.auto import tqdm
 
-    from .module import lr_lambda, no_weight_decay
+    from .optim import lr_lambda, no_weight_decay
 
     device = next(model.parameters()).device
     visual_latents = visual_latents.detach().to(device)

@@ -102,4 +102,24 @@ def load_vit_strict(
     }
 
 
-__all__ = ["build_model", "load_vit_strict"]
+def check_data_fits(config: PerceiverVLConfig, data: Any) -> None:
+    """Refuse a data module (``tokenizer``, ``max_text_length``, ``num_frames``) whose inputs the
+    model cannot take, naming both settings."""
+    vocab = data.tokenizer.vocab_size
+    if vocab > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {vocab} tokens but model.model.vocab_size="
+            f"{config.vocab_size}; set model.model.vocab_size: {vocab}"
+        )
+    if data.max_text_length > config.max_text_length:
+        raise ValueError(
+            f"data.max_text_length={data.max_text_length} exceeds model.model."
+            f"max_text_length={config.max_text_length}; lower one of them"
+        )
+    if data.num_frames > config.max_frames:
+        raise ValueError(
+            f"data.num_frames={data.num_frames} exceeds model.model.max_frames={config.max_frames}"
+        )
+
+
+__all__ = ["build_model", "check_data_fits", "load_vit_strict"]

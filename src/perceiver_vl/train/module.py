@@ -21,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from perceiver_vl.data.collate import visual_inputs
 from perceiver_vl.fileio import atomic_write_json
 
-from .build import build_model
+from .build import build_model, check_data_fits
 from .losses import ObjectiveLosses
 from .optim import (
     accumulation_steps,
@@ -156,24 +156,8 @@ class PerceiverVLModule(pl.LightningModule):
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        config = self.model.config
         if dm is not None and hasattr(dm, "tokenizer"):
-            vocab = dm.tokenizer.vocab_size
-            if vocab > config.vocab_size:
-                raise ValueError(
-                    f"the tokenizer has {vocab} tokens but model.model.vocab_size="
-                    f"{config.vocab_size}; set model.model.vocab_size: {vocab}"
-                )
-            if dm.max_text_length > config.max_text_length:
-                raise ValueError(
-                    f"data.max_text_length={dm.max_text_length} exceeds model.model."
-                    f"max_text_length={config.max_text_length}; lower one of them"
-                )
-            if dm.num_frames > config.max_frames:
-                raise ValueError(
-                    f"data.num_frames={dm.num_frames} exceeds model.model.max_frames="
-                    f"{config.max_frames}"
-                )
+            check_data_fits(self.model.config, dm)
         if stage == "fit" and self.vit_report is not None and self.trainer.is_global_zero:
             folder = Path(self.trainer.default_root_dir) / "checkpoints"
             atomic_write_json(folder / "vit_init_report.json", self.vit_report, indent=1)
@@ -231,6 +215,8 @@ class PerceiverVLModule(pl.LightningModule):
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The objectives of one collated batch -> (losses, logged statistics)
         (:meth:`~perceiver_vl.train.losses.ObjectiveLosses.compute_losses` at this step)."""
+        # a strategy may wrap the model in place (FSDP): the losses use it as it is now
+        self.losses.model = self.model
         return self.losses.compute_losses(batch, layerdrop_step, generator, self.global_step)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -331,7 +317,7 @@ class PerceiverVLModule(pl.LightningModule):
         )
         if self.options.freezing.two_stage is not None:
             self.unfreeze_step = resolve_unfreeze_step(self.options.freezing, total)
-        optimizer, scheduler = build_optimizer(self.named_parameters(), options, total)
+        optimizer, scheduler = build_optimizer(self, options, total)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},

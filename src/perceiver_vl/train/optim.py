@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,32 +12,62 @@ from torch import Tensor, nn
 
 from .options import FreezingOptions, OptimizationOptions
 
-_NO_DECAY = ("bias", "norm", "embed", "latents", "query", "queries", "logit_scale", "pos", "token")
+#: Layers whose parameters never decay, whatever their shape.
+NO_DECAY_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.RMSNorm,
+    nn.modules.batchnorm._NormBase,
+)
 
 
-def no_weight_decay(name: str, param: Tensor) -> bool:
-    """Whether a parameter is exempt from weight decay: biases, norms, embeddings, latents,
-    queries, the temperature (and any other parameter below two dimensions)."""
-    return param.dim() < 2 or any(tag in name.lower() for tag in _NO_DECAY)
+def decays(owner: nn.Module, name: str, param: Tensor) -> bool:
+    """Whether parameter ``name`` of module ``owner`` (its direct owner; ``name`` has no dots)
+    gets weight decay.
+
+    Decided by shape and owner, never by the parameter's name: a parameter of two or more
+    dimensions decays (the weights of ``nn.Linear`` and ``nn.Conv*`` layers), unless it belongs
+    to an embedding or norm layer (:data:`NO_DECAY_LAYERS`) or ``owner`` lists it in its
+    ``no_weight_decay_params`` class attribute (learned positions, latent arrays, queries,
+    temperatures). Biases and every other parameter below two dimensions never decay.
+    """
+    if param.dim() < 2 or isinstance(owner, NO_DECAY_LAYERS):
+        return False
+    return name not in getattr(owner, "no_weight_decay_params", ())
+
+
+def weight_decay_split(model: nn.Module) -> tuple[list[str], list[str]]:
+    """(decayed, not decayed): the names of ``model.named_parameters()`` sorted by
+    :func:`decays`. A parameter shared by several modules decays only if every owner says so."""
+    exempt: set[int] = set()
+    for owner in model.modules():
+        for name, param in owner.named_parameters(recurse=False):
+            if not decays(owner, name, param):
+                exempt.add(id(param))
+    decayed, not_decayed = [], []
+    for name, param in model.named_parameters():
+        (not_decayed if id(param) in exempt else decayed).append(name)
+    return decayed, not_decayed
 
 
 def parameter_groups(
-    named_parameters: Iterable[tuple[str, nn.Parameter]],
-    options: OptimizationOptions,
-    *,
-    head_prefix: str = "model.qa_head",
+    module: nn.Module, options: OptimizationOptions, *, head_prefix: str = "model.qa_head"
 ) -> list[dict[str, Any]]:
-    """The optimiser's parameter groups, in this order: decayed, not decayed (weight decay 0),
-    and, when ``options.head_lr_multiplier`` is not 1, the parameters under ``head_prefix``
-    (decayed, at ``lr * head_lr_multiplier``). Parameters without ``requires_grad`` are left
-    out."""
+    """The optimiser's parameter groups of ``module``, in this order: decayed, not decayed
+    (weight decay 0; :func:`decays`, or nothing with ``weight_decay_exempt: false``), and, when
+    ``options.head_lr_multiplier`` is not 1, the parameters under ``head_prefix`` (decayed, at
+    ``lr * head_lr_multiplier``). Parameters without ``requires_grad`` are left out."""
+    exempt = set(weight_decay_split(module)[1]) if options.weight_decay_exempt else set()
     decay, no_decay, head = [], [], []
-    for name, param in named_parameters:
+    for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         if options.head_lr_multiplier != 1.0 and name.startswith(head_prefix):
             head.append(param)
-        elif options.weight_decay_exempt and no_weight_decay(name, param):
+        elif name in exempt:
             no_decay.append(param)
         else:
             decay.append(param)
@@ -57,15 +87,13 @@ def parameter_groups(
 
 
 def build_optimizer(
-    named_parameters: Iterable[tuple[str, nn.Parameter]],
-    options: OptimizationOptions,
-    total_steps: int,
+    module: nn.Module, options: OptimizationOptions, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """The optimiser over :func:`parameter_groups` and its per-step schedule (warm-up, then
     ``options.schedule`` over ``total_steps``; 0 = unknown length: constant after warm-up)."""
     cls = torch.optim.AdamW if options.optimizer == "adamw" else torch.optim.Adam
     optimizer = cls(
-        parameter_groups(named_parameters, options),
+        parameter_groups(module, options),
         lr=options.lr,
         betas=tuple(options.betas),
         eps=options.eps,
@@ -163,9 +191,10 @@ __all__ = [
     "accumulation_steps",
     "build_optimizer",
     "lr_lambda",
-    "no_weight_decay",
+    "decays",
     "parameter_groups",
     "resolve_unfreeze_step",
     "schedule_length",
     "trainable_now",
+    "weight_decay_split",
 ]

@@ -222,7 +222,7 @@ def test_caption_similarity_and_caption_negatives():
     )
     batch = _batch(n=4)
     batch["text"] = texts
-    scores = module._matching_scores(batch, None, None, None, 0)
+    scores = module.losses._matching_scores(batch, None, None, None, 0)
     assert torch.allclose(scores, sim / 0.1)
     picks = []
     for seed in range(20):
@@ -410,8 +410,8 @@ def test_locked_text_steps_train_the_visual_side_against_fixed_text_features(mon
     assert len(list(module.parameters())) == len(list(module.model.parameters()))
     other = PerceiverVLModule(**options)
     ids, mask = _batch()["text_ids"], _batch()["text_mask"]
-    target = module._locked_text_embedding(ids, mask)
-    assert torch.equal(target, other._locked_text_embedding(ids, mask))
+    target = module.losses._locked_text_embedding(ids, mask)
+    assert torch.equal(target, other.losses._locked_text_embedding(ids, mask))
     # the targets of that kind (tests/train/test_locked_text.py checks what they are)
     expected = build_locked_text(features, module.model.config, seed=1)(ids, mask)
     assert torch.allclose(target, expected)

@@ -26,6 +26,9 @@ class QueryDecoder(nn.Module):
     """Task queries (matching [CLS], masked-LM) -> one cross-attention block over the latents
     -> LayerNorm."""
 
+    #: Parameters the optimiser does not weight-decay (the matching query).
+    no_weight_decay_params = ("cls_query",)
+
     def __init__(self, config: PerceiverVLConfig) -> None:
         super().__init__()
         d = config.hidden_size

@@ -29,6 +29,9 @@ class VisualEmbedding(nn.Module):
     previous frame (no bias).
     """
 
+    #: Parameters the optimiser does not weight-decay (positions and the frame token).
+    no_weight_decay_params = ("cls_token", "pos_embed", "temporal_embed")
+
     def __init__(self, config: PerceiverVLConfig) -> None:
         super().__init__()
         d = config.hidden_size

@@ -70,6 +70,9 @@ class LatentEncoder(nn.Module):
     the shared names let joint weights load into the separate variants.
     """
 
+    #: Parameters the optimiser does not weight-decay (the latent array and its positions).
+    no_weight_decay_params = ("latents", "latent_position")
+
     def __init__(self, config: PerceiverVLConfig) -> None:
         super().__init__()
         d = config.hidden_size

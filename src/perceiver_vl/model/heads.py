@@ -68,6 +68,9 @@ class ContrastiveHead(nn.Module):
     """Multi-stream retrieval embedding: mean-pooled latents -> per-modality linear projection
     -> L2 normalisation, with a learnable temperature (CLIP-style ``logit_scale``)."""
 
+    #: Parameters the optimiser does not weight-decay (the temperature).
+    no_weight_decay_params = ("logit_scale",)
+
     def __init__(self, config: PerceiverVLConfig) -> None:
         super().__init__()
         self.visual_proj = nn.Linear(config.hidden_size, config.contrastive_dim)

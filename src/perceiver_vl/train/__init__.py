@@ -1,8 +1,14 @@
 """Training of Perceiver-VL on Lightning (the model itself stays Lightning-free).
 
-Belongs here: the LightningModule and data module, objectives and losses, the training CLI and
-callbacks, resumption, checkpoint export, and the ``perceiver-vl evaluate`` command (it reads a
-data config through the data module; the evaluation itself is :mod:`perceiver_vl.evaluation`).
+Belongs here: the LightningModule (``module``, a thin composition) and data module, the typed
+training options (``options``), the starting model (``build``), objectives and losses
+(``objectives``, ``losses``), optimiser groups, weight decay, schedule and freezing (``optim``),
+the validation-epoch metrics (``validation``), the training CLI and callbacks, resumption,
+checkpoint export, and the ``perceiver-vl evaluate`` command (it reads a data config through the
+data module; the evaluation itself is :mod:`perceiver_vl.evaluation`). Lightning is imported by
+``module``, ``datamodule``, ``cli``, ``callbacks``, ``guards`` and ``resume`` only; ``options``,
+``build``, ``losses``, ``objectives``, ``optim``, ``validation``, ``locked_text`` and
+``latent_decoder`` work without it.
 May import: :mod:`perceiver_vl.model`, :mod:`perceiver_vl.data`, :mod:`perceiver_vl.metrics`,
 :mod:`perceiver_vl.evaluation`, :mod:`perceiver_vl.fileio`, Lightning and jsonargparse (the
 ``train`` extra); not retrieval, bench, serve, demo or analysis.

@@ -56,7 +56,7 @@ def fit_decoder_on_latents(
             order, epoch after epoch (the last incomplete batch of an epoch is dropped).
         lr / warmup / weight_decay / betas: AdamW with linear warm-up (a fraction of ``steps``
             (< 1) or a step count) and linear decay to zero; weight decay as in the training
-            module (none on biases, norms, embeddings and queries).
+            module (:func:`~perceiver_vl.train.optim.decays`).
         precision: ``bf16`` (autocast for the decoder; the head runs in fp32) or ``32``.
         directions: ``t2v``, ``v2t`` or both.
 
@@ -90,7 +90,7 @@ def fit_decoder_on_latents(
 
     from tqdm.auto import tqdm
 
-    from .module import lr_lambda, no_weight_decay
+    from .optim import lr_lambda, weight_decay_split
 
     device = next(model.parameters()).device
     visual_latents = visual_latents.detach().to(device)
@@ -98,11 +98,12 @@ def fit_decoder_on_latents(
     keys = None if keys is None else keys.to(device)
     trainable = {n for n, _ in model.named_parameters() if n.startswith(DECODER_PREFIXES)}
     previous = {n: p.requires_grad for n, p in model.named_parameters()}
+    exempt = set(weight_decay_split(model)[1])
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
         if name in trainable:
-            (no_decay if no_weight_decay(name, param) else decay).append(param)
+            (no_decay if name in exempt else decay).append(param)
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": weight_decay},

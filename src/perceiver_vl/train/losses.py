@@ -19,6 +19,7 @@ from torch import Tensor
 from perceiver_vl.data.collate import visual_inputs
 from perceiver_vl.metrics import qa_accuracy, vqa_score
 from perceiver_vl.model import PerceiverVL
+from perceiver_vl.model.streams import StreamMode
 
 from .locked_text import build_locked_text
 from .objectives import (
@@ -74,7 +75,7 @@ class ObjectiveLosses:
 
         visual_latents = text_latents = similarity = None
         if "contrastive" in objectives or "retrieval" in objectives:
-            need_latents = "contrastive" in objectives or "mixed" in self.retrieval_streams
+            need_latents = "contrastive" in objectives or StreamMode.MIXED in self.retrieval_streams
             need_latents = need_latents or self.objective.hard_negatives
             locked = global_step < self.freezing.locked_text_steps
             if need_latents:
@@ -360,7 +361,7 @@ class ObjectiveLosses:
     ) -> tuple[Tensor, Tensor]:
         model = self.model
         num_negatives = self.objective.retrieval_negatives
-        if stream == "single" and self.objective.single_stream_negatives:
+        if stream == StreamMode.SINGLE and self.objective.single_stream_negatives:
             num_negatives = self.objective.single_stream_negatives
         if num_negatives == "all":
             return in_batch_mixed_loss(
@@ -389,7 +390,7 @@ class ObjectiveLosses:
             query = torch.arange(size, device=ids.device)[:, None].expand(-1, k1).reshape(-1)
             item = cand.reshape(-1)
             v_idx, t_idx = (item, query) if direction == "t2v" else (query, item)
-            if stream == "mixed":
+            if stream == StreamMode.MIXED:
                 logits = model.mixed_stream_logits(visual_latents[v_idx], text_latents[t_idx])
             else:
                 logits = model.single_stream_pair_logits(

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from perceiver_vl.model.streams import StreamMode
+
 from .locked_text import KINDS as LOCKED_TEXT_KINDS
 
 OBJECTIVES = ("matching", "mlm", "contrastive", "retrieval", "qa", "multiple_choice")
@@ -78,7 +80,7 @@ class ObjectiveOptions:
     matching_negatives: Literal["random", "hard", "caption"] = "random"
     matching_text: Literal["clean", "corrupted"] = "clean"
     mlm_on_negatives: bool = False
-    retrieval_stream: str | Sequence[str] = "mixed"
+    retrieval_stream: str | Sequence[str] = StreamMode.MIXED
     retrieval_negatives: int | Literal["all"] = 7
     single_stream_negatives: int | None = None
     hard_negatives: bool = False
@@ -109,7 +111,11 @@ class ObjectiveOptions:
             )
         stream = self.retrieval_stream
         streams = [stream] if isinstance(stream, str) else list(stream)
-        if not streams or set(streams) - {"mixed", "single"} or len(set(streams)) != len(streams):
+        if (
+            not streams
+            or set(streams) - {StreamMode.MIXED, StreamMode.SINGLE}
+            or len(set(streams)) != len(streams)
+        ):
             raise ValueError(
                 f"model.retrieval_stream={stream!r} must be 'mixed', 'single' or a list of both"
             )
@@ -127,13 +133,13 @@ class ObjectiveOptions:
             )
         if self.retrieval_negatives == "all":
             # only the mixed stream can score every pair; a single stream needs its own k
-            if "single" in streams and single is None:
+            if StreamMode.SINGLE in streams and single is None:
                 raise ValueError(
                     "model.retrieval_negatives='all' scores every pair of the batch with the "
                     "factorised mixed-stream scorer; set model.retrieval_stream: mixed, or give "
                     "the single stream its own number (model.single_stream_negatives)"
                 )
-            if self.hard_negatives and "single" not in streams:
+            if self.hard_negatives and StreamMode.SINGLE not in streams:
                 raise ValueError(
                     "model.retrieval_negatives='all' already uses every item of the batch as a "
                     "negative; set model.hard_negatives: false"
@@ -295,11 +301,11 @@ class EvaluationOptions:
             ``mixed``); single stream and re-ranking run in ``perceiver-vl evaluate``.
     """
 
-    eval_modes: Sequence[str] = ("multi", "mixed")
+    eval_modes: Sequence[str] = (StreamMode.MULTI, StreamMode.MIXED)
 
     def __post_init__(self) -> None:
         self.eval_modes = tuple(self.eval_modes)
-        if set(self.eval_modes) - {"multi", "mixed"}:
+        if set(self.eval_modes) - {StreamMode.MULTI, StreamMode.MIXED}:
             raise ValueError(
                 f"model.eval_modes={list(self.eval_modes)} must be a subset of ['multi', "
                 "'mixed'] (single and rerank run in `perceiver-vl evaluate`)"

@@ -17,6 +17,7 @@ from torch import Tensor
 from perceiver_vl.data.collate import visual_inputs
 from perceiver_vl.metrics import qa_accuracy, retrieval_metrics, vqa_score
 from perceiver_vl.model import PerceiverVL
+from perceiver_vl.model.streams import StreamMode
 
 from .objectives import gather_no_grad
 
@@ -102,7 +103,7 @@ class ValidationStore:
         rows = torch.arange(text.shape[0], device=text.device)[rank::world]
         out = {}
         for mode in self.eval_modes:
-            if mode == "multi":
+            if mode == StreamMode.MULTI:
                 sim = model.multi_stream_scores(visual, text[rows])
             else:
                 sim = model.mixed_stream_scores(visual, text[rows])

@@ -65,7 +65,15 @@ def parse_holdout(spec: Any, argument: str) -> tuple[float, int]:
 
 def restrict_entries(dataset: Any, held: set[str], keep_held: bool, argument: str) -> None:
     """Keep only the held-out entries of ``dataset`` (``keep_held``) or only the others."""
+    from perceiver_vl.data.annotation_index import EntryTable
+
     entries = getattr(dataset, "entries", None)
+    if isinstance(entries, EntryTable):  # a compact index: subset it without making entries
+        ids = entries.id_list()
+        dataset.entries = entries.select(
+            [i for i, item_id in enumerate(ids) if (item_id in held) == keep_held]
+        )
+        return
     if not isinstance(entries, list):
         raise ValueError(
             f"{argument}: {type(dataset).__name__} has no entry list to carve a validation "

@@ -39,9 +39,9 @@ CACHE_VERSION = 1
 # bytes of the annotation file parsed at once (bounds the parser's temporary arrays)
 _CHUNK_BYTES = 1 << 24
 _NEWLINE, _TAB, _CR = 10, 9, 13
-# ASCII whitespace as str.split() sees it (space, \t, \n, \v, \f, \r, and the separators 28-31)
-_ASCII_SPACE = np.zeros(256, dtype=bool)
-_ASCII_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+# visible ASCII characters: bytes that str.split() never treats as whitespace
+_VISIBLE = np.zeros(256, dtype=bool)
+_VISIBLE[33:128] = True
 
 
 def normalize_caption(text: str) -> str:
@@ -350,12 +350,14 @@ def read_img2dataset_tsv(path: str | os.PathLike, key_format: Img2datasetKeys) -
             cap_end = np.where(has_next_tab, after, line_ends)
         else:
             cap_end = line_ends
-        # a caption is blank when it holds no byte other than ASCII whitespace; one made only
-        # of non-ASCII bytes is decoded and checked (Unicode spaces also count as blank)
-        solid = (data < 128) & ~_ASCII_SPACE[data]
-        blank = _span_sums(solid, cap_start, cap_end) == 0
-        del solid
-        for i in np.flatnonzero(blank & (cap_end > cap_start)).tolist():
+        # a caption whose first or last byte is a visible ASCII character is not blank; the
+        # rest (empty, or starting and ending with a space or a non-ASCII byte) are decoded and
+        # checked as str.split() sees them (Unicode spaces count as blank)
+        filled = cap_end > cap_start
+        last = len(data) - 1
+        visible = _VISIBLE[data[np.minimum(cap_start, last)]] | _VISIBLE[data[cap_end - 1]]
+        blank = ~filled
+        for i in np.flatnonzero(filled & ~visible).tolist():
             blank[i] = not chunk[cap_start[i] : cap_end[i]].decode("utf-8").split()
         for r in number[blank].tolist():
             where = f"{path} [{key_format.key(r)}: {key_format.media(r)}]"
@@ -363,9 +365,8 @@ def read_img2dataset_tsv(path: str | os.PathLike, key_format: Img2datasetKeys) -
         empty += int(blank.sum())
         keep = ~blank
         cap_start, cap_end, number = cap_start[keep], cap_end[keep], number[keep]
-        mask = _span_mask(len(data), cap_start, cap_end)
-        parts.append(data[mask])
         lengths = cap_end - cap_start
+        parts.append(_gather_spans(data, cap_start, lengths))
         offsets.append(written + np.cumsum(lengths))
         written += int(lengths.sum())
         rows.append(number)
@@ -390,6 +391,9 @@ def _lines(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(end, start) of every line of ``data`` (which ends with a line break): a line ends at
     ``\\n``, ``\\r\\n`` or a lone ``\\r``, as Python's csv module reads them."""
     cr = data == _CR
+    if not cr.any():
+        ends = np.flatnonzero(data == _NEWLINE)
+        return ends, np.concatenate(([0], ends[:-1] + 1))
     nl = data == _NEWLINE
     after_cr = np.zeros_like(nl)
     after_cr[1:] = cr[:-1]
@@ -399,21 +403,20 @@ def _lines(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ends, starts
 
 
-def _span_sums(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Sum of ``values`` over each span ``[starts[i], ends[i])`` (spans may be empty)."""
+def _gather_spans(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The bytes of the ordered, disjoint spans ``[starts[i], starts[i] + lengths[i])``,
+    concatenated (a mask made by repeating in/out flags over the gaps and spans)."""
     if len(starts) == 0:
-        return np.zeros(0, np.int64)
-    total = np.zeros(len(values) + 1, dtype=np.int32)  # a chunk holds < 2**31 bytes
-    np.cumsum(values, dtype=np.int32, out=total[1:])
-    return total[ends] - total[starts]
-
-
-def _span_mask(size: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """A (size,) bool mask that is True inside the disjoint, ordered spans."""
-    edges = np.zeros(size + 1, dtype=np.int8)
-    edges[starts] = 1
-    edges[ends] = -1  # no span is empty and no span ends where another starts
-    return np.cumsum(edges[:-1], dtype=np.int8).view(bool)
+        return np.zeros(0, np.uint8)
+    ends = starts + lengths
+    gaps = starts - np.concatenate(([0], ends[:-1]))
+    counts = np.empty(2 * len(starts) + 1, dtype=np.int64)
+    counts[0:-1:2] = gaps
+    counts[1::2] = lengths
+    counts[-1] = len(data) - ends[-1]
+    flags = np.zeros(len(counts), dtype=bool)
+    flags[1::2] = True
+    return data[np.repeat(flags, counts)]
 
 
 # ====================================================================== the JSON-lines reader

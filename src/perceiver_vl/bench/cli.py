@@ -384,7 +384,8 @@ def _indexing_row(args: argparse.Namespace, settings: BenchSettings, videos: int
         f"indexing (decode + encode, `perceiver-vl index`): {row['samples_per_s']:.2f} videos/s "
         f"at batch {row['batch']} over {videos} clips of {frames} x {args.image_size}² "
         f"({row['decode_ms_per_video']:.0f} ms/video decoding), fp32, "
-        f"{row['threads']} threads"
+        f"{row['threads']} threads; {row['videos_per_cpu_s'] or float('nan'):.2f} videos per "
+        "CPU-second"
     )
     return row
 

@@ -117,7 +117,8 @@ class EntryTable(Sequence[Any]):
     entry's img2dataset row with ``key_format`` naming its file (``ids`` are then the keys).
     ``captions`` holds every caption, entry ``i`` owning ``captions[entry_captions[i] :
     entry_captions[i + 1]]``. ``index`` (positions into the arrays) makes a subset without
-    copying them (:meth:`select`).
+    copying them (:meth:`select`). The table is read-only: an ``Entry`` taken from it is a
+    copy, so to edit entries assign a list (``dataset.entries = list(dataset.entries)``).
     """
 
     def __init__(

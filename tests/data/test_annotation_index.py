@@ -202,3 +202,13 @@ def test_holdout_on_a_compact_index(tmp_path):
     train_ids = {e.id for e in train.entries}
     val_ids = {e.id for e in val.entries}
     assert len(val_ids) == 5 and len(train_ids) == 35 and not train_ids & val_ids
+
+
+def test_holdout_ids_are_the_lowest_keyed_hashes():
+    from perceiver_vl.data.splits import _rank_key, holdout_ids
+
+    ids = [f"{i:09d}" for i in range(500)] + ["video7", "video7"]
+    for seed in (0, 3):
+        ranked = sorted(sorted(set(ids)), key=lambda item: _rank_key(seed, item))
+        assert holdout_ids(ids, 20, seed) == set(ranked[:20])
+        assert holdout_ids(reversed(ids), 0.1, seed) == set(ranked[:50])

@@ -197,6 +197,22 @@ class EntryTable(Sequence[Any]):
         assert self.ids is not None
         return [self.ids[int(row)] for row in self.index]
 
+    def has_id(self, ids: set[str]) -> np.ndarray:
+        """(len,) bool: whether each entry's id is in ``ids`` (img2dataset keys are compared as
+        numbers, without formatting every id)."""
+        if self.keys is None:
+            return np.fromiter((i in ids for i in self.id_list()), dtype=bool, count=len(self))
+        assert self.key_format is not None
+        fmt = self.key_format
+        width = fmt.shard_digits + fmt.sample_digits
+        wanted = np.array(
+            [int(i) for i in ids if len(i) == width and i.isascii() and i.isdigit()], np.int64
+        )
+        rows = self.keys[self.index]
+        codes = (rows // fmt.samples_per_shard) * 10**fmt.sample_digits
+        codes += rows % fmt.samples_per_shard
+        return np.isin(codes, wanted)
+
     def caption_counts(self) -> np.ndarray:
         """(len,) captions per entry."""
         return (self.entry_captions[1:] - self.entry_captions[:-1])[self.index]

@@ -470,6 +470,15 @@ def _parse_slice(path: Path, numbered: list[tuple[int, str]]) -> Iterator[tuple[
             ) from err
 
 
+def _stem(media: str) -> str:
+    """``Path(media).stem``, without making a Path for the plain ``dir/name.ext`` case."""
+    name = media.rsplit("/", 1)[-1]
+    if name in ("", ".", "..") or "\\" in media:
+        return Path(media).stem
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
+
+
 def read_caption_jsonl(
     path: str | os.PathLike,
     *,
@@ -522,8 +531,15 @@ def read_caption_jsonl(
                 entry = entry_of[media] = len(media_list)
                 media_list.append(media)
                 value = row.get(i_key) if i_key else None
-                id_list.append((str(value) if value is not None else "") or Path(media).stem)
-            for caption in _clean_captions(row.get(c_key)):
+                id_list.append((str(value) if value is not None else "") or _stem(media))
+            cell = row.get(c_key)
+            if isinstance(cell, str):  # the common case, as _clean_captions cleans it
+                words = cell.split()
+                if words:
+                    caption_texts.append(" ".join(words))
+                    caption_owner.append(entry)
+                continue
+            for caption in _clean_captions(cell):
                 caption_texts.append(caption)
                 caption_owner.append(entry)
     except UnicodeDecodeError as err:

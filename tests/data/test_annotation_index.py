@@ -212,3 +212,29 @@ def test_holdout_ids_are_the_lowest_keyed_hashes():
         ranked = sorted(sorted(set(ids)), key=lambda item: _rank_key(seed, item))
         assert holdout_ids(ids, 20, seed) == set(ranked[:20])
         assert holdout_ids(reversed(ids), 0.1, seed) == set(ranked[:50])
+
+
+def test_held_out_ids_are_cached_beside_the_index(tmp_path, monkeypatch):
+    path = _tsv(tmp_path / "cc3m.tsv", [f"caption {i}" for i in range(40)])
+    spec = {"kind": "cc3m", "annotations": str(path), "image_root": str(tmp_path)}
+    options = dict(
+        train={**spec, "holdout": {"size": 5, "seed": 1}},
+        val="holdout",
+        num_workers=0,
+        index_cache=str(tmp_path / "cache"),
+    )
+    first = PerceiverVLDataModule(**options)
+    first.prepare_data()
+    assert len(list((tmp_path / "cache").glob("holdout-*.json"))) == 1
+    first.setup("fit")
+    ((_, val),) = first.datasets["val"]
+    # another rank draws nothing: the ids come from the cache
+    monkeypatch.setattr(
+        ai.EntryTable, "id_list", lambda self: pytest.fail("the held-out ids were drawn again")
+    )
+    other = PerceiverVLDataModule(**options)
+    other.setup("fit")
+    ((_, val_again),) = other.datasets["val"]
+    ((_, train),) = other.datasets["train"]
+    assert {e.id for e in val_again.entries} == {e.id for e in val.entries}
+    assert len(train) == 35 and not {e.id for e in train.entries} & {e.id for e in val.entries}

@@ -142,6 +142,9 @@ class EntryTable(Sequence[Any]):
         self.key_format = key_format
         size = len(entry_captions) - 1
         self.index = np.arange(size, dtype=np.int64) if index is None else index
+        #: what the table was built from (annotation file path, size, mtime, reader and its
+        #: options) when it came through :func:`cached_index` with a cache folder, else None
+        self.source: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -649,8 +652,10 @@ def cached_index(
             if loaded is None:
                 logger.info("%s changed since %s was written; re-indexing", annotations, file)
         if loaded is not None:
+            loaded.table.source = stamp
             return loaded, "cached"
     built = build()
+    built.table.source = stamp
     try:
         _save(file, built, stamp)
     except OSError as err:

@@ -241,8 +241,13 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         if self.index_cache_dir is None:
             return
         for stage, specs in self.specs.items():
-            for spec in specs:
-                if self._indexed_class(spec) is not None:
+            for position, spec in enumerate(specs):
+                if self._indexed_class(spec) is None:
+                    continue
+                if stage == "train" and "holdout" in spec:
+                    self._holdout(position)  # writes the index and the held-out ids
+                    self._held.pop(position)
+                else:
                     spec = {k: v for k, v in spec.items() if k not in ("holdout", "cache")}
                     self._build_dataset(spec, stage)  # writes the cache; the data set is dropped
 
@@ -291,17 +296,43 @@ class PerceiverVLDataModule(pl.LightningDataModule):
             name, dataset = self._build_dataset(spec, "val")
             entries = getattr(dataset, "entries", None)
             if isinstance(entries, EntryTable):
-                ids: Any = entries.id_list()
+                ids: Any = entries.id_list
             elif isinstance(entries, list):
-                ids = (e.id for e in entries)
+                ids = lambda: (e.id for e in entries)  # noqa: E731
             else:
                 raise ValueError(
                     f"data.train[{position}].holdout: {type(dataset).__name__} has no entry list "
                     "to carve a validation split from (streamed shards cannot); give data.val"
                 )
-            held = holdout_ids(ids, size, seed)
+            held = self._cached_holdout(entries, size, seed, lambda: holdout_ids(ids(), size, seed))
             self._held[position] = (held, (f"{name}-holdout", dataset))
         return self._held[position]
+
+    def _cached_holdout(self, entries: Any, size: float, seed: int, draw: Any) -> set[str]:
+        """The held-out ids, kept beside the annotation index (hashing millions of ids costs
+        more than loading the index): JSON keyed by the index's source file stamp, size and
+        seed; recomputed when absent or unreadable."""
+        source = getattr(entries, "source", None)
+        folder = self.index_cache_dir
+        if source is None or folder is None:
+            return draw()
+        import hashlib
+        import json
+
+        key = json.dumps([source, size, seed], sort_keys=True)
+        file = folder / f"holdout-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        try:
+            saved = json.loads(file.read_text(encoding="utf-8"))
+            if saved.get("key") == key and isinstance(saved.get("ids"), list):
+                return set(saved["ids"])
+        except (OSError, ValueError, AttributeError):
+            pass
+        held = draw()
+        try:
+            atomic_write_json(file, {"key": key, "ids": sorted(held)})
+        except OSError as err:
+            warnings.warn(f"could not write the hold-out cache {file} ({err})", stacklevel=2)
+        return held
 
     def _build_split(self, split: str) -> list[tuple[str, Dataset]]:
         from perceiver_vl.data.splits import restrict_entries

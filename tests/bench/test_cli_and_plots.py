@@ -150,3 +150,29 @@ def test_command_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "matmul fp32 64x64" in printed and "GFLOPs" in printed
     assert (tmp_path / "img" / "efficiency_frames.png").read_bytes().startswith(PNG)
+
+
+def test_indexing_throughput_row(tmp_path, capsys):
+    # decode + encode through the index builder on generated clips: one row, mode "index"
+    config = tmp_path / "config.json"
+    tiny_bench_config().to_json_file(config)
+    out = tmp_path / "rows.json"
+    argv = ["bench", "--config", str(config), "--image-size", "32", "--frames", "2"]
+    argv += ["--quick", "--models", "perceiver-vl", "--dtypes", "fp32", "--matmul-size", "64"]
+    argv += ["--budget-s", "0", "--index-videos", "3", "--index-batch", "2", "--json", str(out)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())
+    (index,) = [r for r in rows if r["mode"] == "index"]
+    assert index["videos"] == 3 and index["batch"] == 2 and index["frames"] == 2
+    assert index["image_size"] == 32 and index["dtype"] == "fp32"
+    assert index["samples_per_s"] > 0 and index["decode_ms_per_video"] > 0
+    assert set(ROW_KEYS) <= set(index)
+    printed = capsys.readouterr().out
+    assert "videos/s" in printed and "index" in printed
+    assert len(rows) == 2  # the forward row is still there
+
+
+@pytest.mark.parametrize("option", [["--index-videos", "-1"], ["--index-batch", "0"]])
+def test_indexing_options_are_checked(option):
+    with pytest.raises(SystemExit, match="--index-videos must be >= 0 and --index-batch >= 1"):
+        main(["bench", "--quick", *option])

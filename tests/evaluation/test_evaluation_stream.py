@@ -104,7 +104,26 @@ def test_stream_inputs_refuse_a_bad_batch_size(tokenizer, test_split):
 
 
 def test_a_failed_media_file_stops_streamed_evaluation(model, tokenizer, test_split, tmp_path):
-    test_split.entries[0].media = "missing.mp4"
+    entries = list(test_split.entries)  # a JSON-lines index gives copies: edit a list of them
+    entries[0].media = "missing.mp4"
+    test_split.entries = entries
     data = stream_retrieval_inputs(test_split, tokenizer, batch_size=4)
     with pytest.raises(RuntimeError, match="evaluation needs every item"):
         evaluate_retrieval(model, data, modes=("multi",))
+
+
+def test_progress_bars_for_media_and_captions_and_float32_latents(
+    model, tokenizer, test_split, capsys
+):
+    from perceiver_vl.evaluation import encode_all
+
+    data = stream_retrieval_inputs(test_split, tokenizer, batch_size=4, progress=True)
+    visual, text, _, _ = encode_all(model, data, batch_size=4)
+    err = capsys.readouterr().err
+    assert "encoding media" in err and "8/8" in err
+    assert "encoding captions" in err
+    # kept latents are in the parameters' precision
+    assert visual.dtype == text.dtype == next(model.parameters()).dtype == torch.float32
+    quiet = stream_retrieval_inputs(test_split, tokenizer, batch_size=4)
+    encode_all(model, quiet, batch_size=4)
+    assert "encoding" not in capsys.readouterr().err

@@ -130,6 +130,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="short run: batch 1, 1 warm-up + 2 repeats, 1 s budgets, 2048 matmul, small sweeps",
     )
+    parser.add_argument(
+        "--index-videos",
+        type=int,
+        default=None,
+        help="indexing throughput: build an index of this many generated clips (decode + "
+        "encode, what `perceiver-vl index` does) at the first of --frames and --image-size; "
+        "default 32, 0 with --quick; 0 skips it",
+    )
+    parser.add_argument(
+        "--index-batch", type=int, default=8, help="videos per forward when indexing (8)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the rows to this JSON file")
     parser.add_argument("--plot", type=Path, default=None, help="write PNG figures to this folder")
 
@@ -348,12 +359,51 @@ def machine_summary(bench: Benchmark) -> list[str]:
     return lines
 
 
+def _indexing_row(args: argparse.Namespace, settings: BenchSettings, videos: int) -> dict:
+    """The indexing-throughput row: Perceiver-VL of the run's configuration, fp32."""
+    from .indexing import indexing_row
+    from .sweeps import BenchCase, bench_config
+
+    base = settings.base_config
+    frames = 8 if 8 in args.frames else args.frames[0]
+    case = BenchCase(
+        model="perceiver-vl",
+        frames=frames,
+        image_size=args.image_size,
+        **({"latents": base.num_latents} if base is not None else {}),
+    )
+    print(f"indexing {videos} generated clips ({frames} x {args.image_size}²) ...", file=sys.stderr)
+    row = indexing_row(
+        bench_config(case, base),
+        num_videos=videos,
+        frames=frames,
+        image_size=args.image_size,
+        batch_size=args.index_batch,
+    )
+    print(
+        f"indexing (decode + encode, `perceiver-vl index`): {row['samples_per_s']:.2f} videos/s "
+        f"at batch {row['batch']} over {videos} clips of {frames} x {args.image_size}² "
+        f"({row['decode_ms_per_video']:.0f} ms/video decoding), fp32, "
+        f"{row['threads']} threads; {row['videos_per_cpu_s'] or float('nan'):.2f} videos per "
+        "CPU-second"
+    )
+    return row
+
+
 def _write_json(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write_json(path, list(rows), indent=1)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``perceiver-vl bench`` -> exit status."""
+    index_videos = args.index_videos
+    if index_videos is None:
+        index_videos = 0 if args.quick else 32
+    if index_videos < 0 or args.index_batch < 1:
+        raise SystemExit(
+            f"--index-videos must be >= 0 and --index-batch >= 1, got {index_videos} and "
+            f"{args.index_batch}"
+        )
     settings = settings_from_args(args)
     cases = cases_from_args(args)
     bench = Benchmark(settings, progress=lambda m: print(m, file=sys.stderr, flush=True))
@@ -382,6 +432,10 @@ def run(args: argparse.Namespace) -> int:
                 _write_json(args.json, partial)
 
         rows = bench.run(cases, on_row=save)
+        if index_videos:
+            row = _indexing_row(args, settings, index_videos)
+            rows.append(row)
+            save(row)
     finally:
         torch.set_num_threads(previous)
     print(format_table(rows))

@@ -17,13 +17,21 @@ import re
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from perceiver_vl.data.annotation_index import (
+    BuiltIndex,
+    EntryTable,
+    Img2datasetKeys,
+    cached_index,
+    read_caption_jsonl,
+    read_img2dataset_tsv,
+)
 from perceiver_vl.data.failures import FailureTracker, MediaError
 from perceiver_vl.data.media import Size, load_media
 from perceiver_vl.fileio import atomic_write_json
@@ -150,12 +158,27 @@ class MediaTextDataset(Dataset):
 
     @entries.setter
     def entries(self, value: Sequence[Entry]) -> None:
-        self._entries = list(value)
-        self._pairs = (
-            [(e, c) for e, entry in enumerate(self._entries) for c in range(len(entry.captions))]
-            if self.pairs
-            else None
-        )
+        # an EntryTable (a large annotation file's compact index) is kept as it is
+        self._entries = value if isinstance(value, EntryTable) else list(value)
+        if not self.pairs:
+            self._pairs = None
+        elif isinstance(value, EntryTable):
+            counts = value.caption_counts()
+            owners = np.repeat(np.arange(len(counts)), counts)
+            firsts = np.repeat(np.cumsum(counts) - counts, counts)
+            self._pairs = list(zip(owners.tolist(), (np.arange(len(owners)) - firsts).tolist()))
+        else:
+            self._pairs = [
+                (e, c) for e, entry in enumerate(self._entries) for c in range(len(entry.captions))
+            ]
+
+    def _use_index(self, built: BuiltIndex) -> None:
+        """Take a built (or cached) index: record what it skipped, as reading the file would."""
+        for where, reason, kind in built.skipped:
+            self.tracker.fail(where, reason, kind, check=False)
+        for failed, total, what in built.checks:
+            self.tracker.check_fraction(failed, total, what)
+        self.entries = built.table
 
     # ----------------------------------------------------------------- annotation checks
     def _filter_captionless(self, entries: Iterable[Entry], source: str) -> list[Entry]:
@@ -358,11 +381,16 @@ class CaptionDataset(MediaTextDataset):
     The media column is auto-detected among ``video, image, media, path, file, filename`` and
     the caption column among ``caption, captions, text, sentence, title, name``; a caption cell
     may hold a list (several captions per media). Rows with the same media are merged.
+    A JSON-lines file is indexed into arrays (:class:`~perceiver_vl.data.annotation_index.
+    EntryTable`: no Python object per row, millions of rows in seconds) and, with
+    ``index_cache``, the index is kept there for the next process that reads the same file.
 
     Args:
         annotations: the annotation file.
         media_root: folder media paths are relative to (default: the annotation file's folder).
         media_key, caption_key, id_key: column names, when auto-detection does not fit.
+        index_cache: a folder for the JSON-lines index (None = build it in every process);
+            the data module passes ``<run>/index_cache``.
         **kwargs: see `MediaTextDataset` (num_frames, size, train, pairs, strict, ...).
     """
 
@@ -376,12 +404,32 @@ class CaptionDataset(MediaTextDataset):
         media_key: str | None = None,
         caption_key: str | None = None,
         id_key: str | None = None,
+        index_cache: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
         annotations = Path(annotations)
-        rows = read_annotations(annotations)
         root = Path(media_root) if media_root is not None else annotations.parent
         kwargs.setdefault("name", f"{self.name}:{annotations.name}")
+        if annotations.suffix.lower() == ".jsonl":
+            _need_file(annotations, "annotations", "pass a .csv, .tsv, .jsonl or .json file")
+            super().__init__([], root, **kwargs)
+            keys = {"media_key": media_key, "caption_key": caption_key, "id_key": id_key}
+            built, _ = cached_index(
+                annotations,
+                "captions-jsonl",
+                keys,
+                lambda: read_caption_jsonl(
+                    annotations,
+                    media_keys=MEDIA_KEYS,
+                    caption_keys=CAPTION_KEYS,
+                    id_keys=ID_KEYS,
+                    **keys,
+                ),
+                index_cache,
+            )
+            self._use_index(built)
+            return
+        rows = read_annotations(annotations)
         super().__init__([], root, **kwargs)
         merged: OrderedDict[str, Entry] = OrderedDict()
         bad_rows = 0
@@ -446,7 +494,9 @@ class CC3M(MediaTextDataset):
 
     The index comes from ``annotations`` alone: no folder is listed and no image, caption or
     metadata file is opened while the data set is built, so start-up does not grow with the
-    number of files (docs/data.md gives the time for 3 million rows). An image that is absent (a
+    number of files. The rows are held as arrays (:class:`~perceiver_vl.data.annotation_index.
+    EntryTable`), parsed with numpy (docs/data.md gives the time for 3 million rows), and with
+    ``index_cache`` kept on disk for the other processes. An image that is absent (a
     failed download, a wrong ``image_root``) is a skipped, counted ``missing`` sample when it is
     loaded, as in every reader.
 
@@ -468,6 +518,9 @@ class CC3M(MediaTextDataset):
         samples_per_shard: img2dataset's ``--number_sample_per_shard`` (default 10000).
         shard_digits: digits of the shard folder names (img2dataset writes 5: ``00000``).
         image_extension: extension of the written images (``.jpg`` unless re-encoded).
+        index_cache: a folder where the index is kept for the next process reading the same
+            annotation file (None = build it in every process); the data module passes
+            ``<run>/index_cache``.
         **kwargs: see `MediaTextDataset`.
     """
 
@@ -481,6 +534,7 @@ class CC3M(MediaTextDataset):
         samples_per_shard: int = 10000,
         shard_digits: int = 5,
         image_extension: str = ".jpg",
+        index_cache: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
         for argument, value in (
@@ -499,56 +553,30 @@ class CC3M(MediaTextDataset):
             "annotations",
             "pass the caption<TAB>url TSV given to img2dataset or a .jsonl manifest",
         )
-        super().__init__([], image_root, **kwargs)
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            manifest = CaptionDataset(path, image_root, tracker=self.tracker, name=self.name)
-            entries = manifest.entries
+            super().__init__([], image_root, **kwargs)
+            manifest = CaptionDataset(
+                path, image_root, tracker=self.tracker, name=self.name, index_cache=index_cache
+            )
+            self.entries = manifest.entries
         elif suffix == ".tsv":
-            entries = self._read_tsv(path, samples_per_shard, shard_digits, image_extension)
+            super().__init__([], image_root, **kwargs)
+            keys = Img2datasetKeys(samples_per_shard, shard_digits, image_extension)
+            built, _ = cached_index(
+                path,
+                "img2dataset-tsv",
+                {"samples_per_shard": samples_per_shard, "shard_digits": shard_digits},
+                lambda: read_img2dataset_tsv(path, keys),
+                index_cache,
+                key_format=keys,
+            )
+            self._use_index(built)
         else:
             raise ValueError(
                 f"annotations={str(path)!r} has extension {suffix!r}; pass the caption<TAB>url "
                 ".tsv given to img2dataset or a .jsonl manifest"
             )
-        self.entries = self._filter_captionless(entries, str(path))
-
-    def _read_tsv(
-        self, path: Path, per_shard: int, shard_digits: int, extension: str
-    ) -> list[Entry]:
-        sample_digits = len(str(per_shard - 1))
-        scale, key_digits = 10**sample_digits, shard_digits + sample_digits
-        entries: list[Entry] = []
-        caption_col, width = 0, 2
-        no_extra: dict[str, Any] = {}  # shared: CC3M entries carry no task keys
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-            first = next(rows, None)
-            if first is None:
-                raise ValueError(f"annotations={str(path)!r} is empty; pass CC3M's TSV")
-            header = [c.strip().lower() for c in first]
-            if "caption" in header and "url" in header:
-                caption_col, width = header.index("caption"), len(header)
-                first = None
-            bad = 0
-            for index, row in enumerate(rows if first is None else chain([first], rows)):
-                if len(row) < width:  # its image keeps its key: row numbers are not shifted
-                    bad += 1
-                    self.tracker.fail(
-                        f"{path} row {index}",
-                        f"fewer than {width} columns",
-                        "bad_annotation",
-                        False,
-                    )
-                    continue
-                # img2dataset's key: shard * 10**sample_digits + position, zero-padded
-                shard, position = divmod(index, per_shard)
-                key = f"{shard * scale + position:0{key_digits}d}"
-                caption = " ".join(row[caption_col].split())
-                media = f"{key[:-sample_digits]}/{key}{extension}"
-                entries.append(Entry(media, [caption] if caption else [], key, no_extra))
-        self.tracker.check_fraction(bad, max(1, len(entries)), f"{path} (rows)")
-        return entries
 
 
 # ===================================================================== MSR-VTT, DiDeMo

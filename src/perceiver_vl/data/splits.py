@@ -15,8 +15,11 @@ held-out video is held out with it: no video is seen in training and validation.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Iterable
 from typing import Any
+
+import numpy as np
 
 
 def _rank_key(seed: int, item_id: str) -> bytes:
@@ -36,15 +39,16 @@ def holdout_ids(ids: Iterable[str], size: float, seed: int = 0) -> set[str]:
             f"holdout size={size!r} must be a count of media (>= 1, e.g. 500) or a fraction "
             "(0 < size < 1, e.g. 0.05)"
         )
-    unique = sorted(set(ids))
+    unique = set(ids)
     count = round(size * len(unique)) if size < 1 else int(size)
     if count >= len(unique):
         raise ValueError(
             f"holdout size={size!r} would hold out {count} of {len(unique)} media, leaving "
             "nothing to train on; choose a smaller size"
         )
-    ranked = sorted(unique, key=lambda item: _rank_key(seed, item))
-    return set(ranked[:count])
+    # the ``count`` lowest keys (ties, which need equal 8-byte hashes, broken by the id), without
+    # sorting millions of ids
+    return set(heapq.nsmallest(count, unique, key=lambda item: (_rank_key(seed, item), item)))
 
 
 def parse_holdout(spec: Any, argument: str) -> tuple[float, int]:
@@ -65,7 +69,13 @@ def parse_holdout(spec: Any, argument: str) -> tuple[float, int]:
 
 def restrict_entries(dataset: Any, held: set[str], keep_held: bool, argument: str) -> None:
     """Keep only the held-out entries of ``dataset`` (``keep_held``) or only the others."""
+    from perceiver_vl.data.annotation_index import EntryTable
+
     entries = getattr(dataset, "entries", None)
+    if isinstance(entries, EntryTable):  # a compact index: subset it without making entries
+        chosen = entries.has_id(held)
+        dataset.entries = entries.select(np.flatnonzero(chosen if keep_held else ~chosen))
+        return
     if not isinstance(entries, list):
         raise ValueError(
             f"{argument}: {type(dataset).__name__} has no entry list to carve a validation "

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from perceiver_vl.model import PerceiverVL
 
@@ -33,7 +34,9 @@ def encode_all(
     """(visual latents (V, N, D), text latents (N_t, N, D), visual seconds, text seconds).
 
     ``data`` is :class:`RetrievalInputs` or :class:`StreamedRetrievalInputs`; media are encoded
-    batch by batch as they come, and only the latents are kept."""
+    batch by batch as they come, and only the latents are kept, in float32 (the parameters'
+    precision; under bf16 autocast the outputs are widened back). Streamed inputs with
+    ``progress`` show a bar with an ETA for the media and one for the captions."""
     device = next(model.parameters()).device
     with precision_autocast(device, precision):
         start = time.perf_counter()
@@ -46,7 +49,15 @@ def encode_all(
         visual_seconds = time.perf_counter() - start
         start = time.perf_counter()
         text = []
-        for s in range(0, data.text_ids.shape[0], batch_size):
+        num_texts = data.text_ids.shape[0]
+        # streamed inputs with progress on: a bar (with ETA) for the captions as for the media
+        bar = tqdm(
+            total=num_texts,
+            desc="encoding captions",
+            unit="caption",
+            disable=not getattr(data, "progress", False),
+        )
+        for s in range(0, num_texts, batch_size):
             text.append(
                 model.encode(
                     text_ids=data.text_ids[s : s + batch_size].to(device),
@@ -54,6 +65,8 @@ def encode_all(
                     cross_attention_layers=cross_attention_layers,
                 ).float()
             )
+            bar.update(text[-1].shape[0])
+        bar.close()
         text_seconds = time.perf_counter() - start
     return torch.cat(visual), torch.cat(text), visual_seconds, text_seconds
 

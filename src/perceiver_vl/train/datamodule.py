@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from perceiver_vl.data import Collator, SharedWordBatchSampler, Tokenizer
+from perceiver_vl.data.annotation_index import EntryTable
 from perceiver_vl.fileio import atomic_write_json
 
 from .resume import EpochSampler, stable_seed
@@ -112,6 +114,12 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         drop_last: drop the last incomplete training batch.
         pin_memory: pin loader memory (GPU runs).
         progress: show progress bars for one-off work (``cache: true`` decoding).
+        index_cache: where readers that index a large annotation file (``cc3m``, ``captions``
+            with a ``.jsonl`` file) keep the index: ``true`` (the default) =
+            ``<trainer.default_root_dir>/index_cache`` when a Trainer runs the module (no cache
+            without one), a folder path, or ``false`` (every process parses the file). The
+            first process of each node builds it in ``prepare_data``, while Lightning holds the
+            other ranks at a barrier; they then load it in ``setup``.
     """
 
     def __init__(
@@ -134,8 +142,15 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         progress: bool = True,
         caption_group_size: int = 1,
+        index_cache: str | bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(index_cache, (str, bool)) or index_cache == "":
+            raise ValueError(
+                f"data.index_cache={index_cache!r} must be true (beside the run), false (no "
+                "cache) or a folder path"
+            )
+        self.index_cache = index_cache
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         if train_mode not in ("max_size_cycle", "min_size"):
@@ -214,13 +229,46 @@ class PerceiverVLDataModule(pl.LightningDataModule):
         return roots
 
     def prepare_data(self) -> None:
-        """Generate the synthetic benchmarks named in the specs (local rank 0 only)."""
+        """Generate the synthetic benchmarks named in the specs and build the annotation
+        indexes into :attr:`index_cache_dir` (Lightning runs this on local rank 0 only, the
+        other ranks waiting at a barrier until it returns)."""
         for (kind, root), options in self._synthetic_roots().items():
             complete = all((Path(root) / f"{s}.jsonl").is_file() for s in ("train", "val", "test"))
             # explicit options: (re)generate unless identical output exists (the generator
             # checks); none: keep whatever benchmark is there, generate defaults only if absent
             if options or not complete:
                 self._generate(kind, root, options)
+        if self.index_cache_dir is None:
+            return
+        for stage, specs in self.specs.items():
+            for position, spec in enumerate(specs):
+                if self._indexed_class(spec) is None:
+                    continue
+                if stage == "train" and "holdout" in spec:
+                    self._holdout(position)  # writes the index and the held-out ids
+                    self._held.pop(position)
+                else:
+                    spec = {k: v for k, v in spec.items() if k not in ("holdout", "cache")}
+                    self._build_dataset(spec, stage)  # writes the cache; the data set is dropped
+
+    @property
+    def index_cache_dir(self) -> Path | None:
+        """The folder of annotation indexes (see ``index_cache``), or None."""
+        if self.index_cache is False:
+            return None
+        if isinstance(self.index_cache, str):
+            return Path(self.index_cache)
+        trainer = self.trainer  # set when a Trainer runs this module
+        return None if trainer is None else Path(trainer.default_root_dir) / "index_cache"
+
+    @staticmethod
+    def _indexed_class(spec: dict[str, Any]) -> Any:
+        """The data set class of ``spec`` when it takes ``index_cache``, else None."""
+        class_path = spec.get("class_path") or DATASET_KINDS.get(spec.get("kind") or "")
+        if not class_path or class_path in ("synthetic", "synthetic_images"):
+            return None
+        cls = _import(class_path)
+        return cls if "index_cache" in inspect.signature(cls.__init__).parameters else None
 
     @staticmethod
     def _generate(kind: str, root: str, options: dict[str, Any]) -> None:
@@ -247,14 +295,44 @@ class PerceiverVLDataModule(pl.LightningDataModule):
             size, seed = parse_holdout(spec.pop("holdout"), f"data.train[{position}].holdout")
             name, dataset = self._build_dataset(spec, "val")
             entries = getattr(dataset, "entries", None)
-            if not isinstance(entries, list):
+            if isinstance(entries, EntryTable):
+                ids: Any = entries.id_list
+            elif isinstance(entries, list):
+                ids = lambda: (e.id for e in entries)  # noqa: E731
+            else:
                 raise ValueError(
                     f"data.train[{position}].holdout: {type(dataset).__name__} has no entry list "
                     "to carve a validation split from (streamed shards cannot); give data.val"
                 )
-            held = holdout_ids((e.id for e in entries), size, seed)
+            held = self._cached_holdout(entries, size, seed, lambda: holdout_ids(ids(), size, seed))
             self._held[position] = (held, (f"{name}-holdout", dataset))
         return self._held[position]
+
+    def _cached_holdout(self, entries: Any, size: float, seed: int, draw: Any) -> set[str]:
+        """The held-out ids, kept beside the annotation index (hashing millions of ids costs
+        more than loading the index): JSON keyed by the index's source file stamp, size and
+        seed; recomputed when absent or unreadable."""
+        source = getattr(entries, "source", None)
+        folder = self.index_cache_dir
+        if source is None or folder is None:
+            return draw()
+        import hashlib
+        import json
+
+        key = json.dumps([source, size, seed], sort_keys=True)
+        file = folder / f"holdout-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        try:
+            saved = json.loads(file.read_text(encoding="utf-8"))
+            if saved.get("key") == key and isinstance(saved.get("ids"), list):
+                return set(saved["ids"])
+        except (OSError, ValueError, AttributeError):
+            pass
+        held = draw()
+        try:
+            atomic_write_json(file, {"key": key, "ids": sorted(held)})
+        except OSError as err:
+            warnings.warn(f"could not write the hold-out cache {file} ({err})", stacklevel=2)
+        return held
 
     def _build_split(self, split: str) -> list[tuple[str, Dataset]]:
         from perceiver_vl.data.splits import restrict_entries
@@ -338,6 +416,9 @@ class PerceiverVLDataModule(pl.LightningDataModule):
             )
             return name or f"{kind}-{split}", dataset
         cls = _import(class_path)
+        cache_dir = self.index_cache_dir
+        if cache_dir is not None and "index_cache" not in spec and self._indexed_class(original):
+            spec["index_cache"] = str(cache_dir)
         if isinstance(spec.get("vocab"), str):  # a saved answer vocabulary (JSON list)
             from perceiver_vl.data import AnswerVocab
 
@@ -599,7 +680,7 @@ def _item_texts(dataset: Dataset) -> list[str]:
     if isinstance(items, list) and all("text" in item for item in items):
         return [str(item["text"]) for item in items]
     entries = getattr(dataset, "entries", None)
-    if isinstance(entries, list):
+    if isinstance(entries, (list, EntryTable)):
         pairs = getattr(dataset, "_pairs", None)
         if pairs is not None:
             return [entries[e].captions[c] for e, c in pairs]

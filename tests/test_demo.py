@@ -56,6 +56,9 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
     frames = sorted({r["frames"] for r in metrics["efficiency"]})
     assert frames == [8, 16, 32]
     assert {r["model"] for r in metrics["efficiency"]} == {"perceiver-vl", "joint"}
+    # timed in the demo's arithmetic, and the report says which
+    assert {r["dtype"] for r in metrics["efficiency"]} == {metrics["precision"]}
+    assert f"{metrics['precision']}, batch 1" in report
     for name in ("report.md", "retrieval_time.png", "efficiency.png"):
         assert (out / name).is_file(), name
     assert (out / "model" / "model.safetensors").is_file()

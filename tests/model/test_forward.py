@@ -116,6 +116,31 @@ def test_fully_masked_frames_and_samples_give_no_nan_and_ignore_what_is_masked(t
     assert not torch.allclose(changed.latents[0], out.latents[0])
 
 
+def test_explicit_attention_equals_sdpa_with_padding_and_gradients(tiny_model):
+    from perceiver_vl.model import attention
+
+    video, ids, mask = make_inputs(batch=3, frames=3, length=6)
+    vmask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    mask[1, 3:] = False
+    mask[2, :] = False  # a sample with no text at all
+
+    def run():
+        out = tiny_model(video=video, video_mask=vmask, text_ids=ids, text_mask=mask)
+        params = [p for p in tiny_model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(out.matching_logits.sum(), params, allow_unused=True)
+        return out.matching_logits.detach(), [g for g in grads if g is not None]
+
+    reference, reference_grads = run()
+    with attention.explicit_attention():
+        assert attention._EXPLICIT
+        explicit, explicit_grads = run()
+    assert not attention._EXPLICIT  # restored on leaving
+    torch.testing.assert_close(explicit, reference, rtol=1e-5, atol=1e-5)
+    assert len(explicit_grads) == len(reference_grads) > 10
+    for a, b in zip(explicit_grads, reference_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_layerdrop_random_in_training_absent_in_eval():
     model = PerceiverVL(tiny_config(cross_attention_before_layers=(0, 1, 2, 3), layerdrop=0.5))
     video, ids, mask = make_inputs()

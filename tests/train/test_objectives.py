@@ -507,9 +507,14 @@ def test_locked_text_steps_need_the_contrastive_objective():
 
 
 @pytest.mark.parametrize(
-    ("choice", "flash_in_training"), [("auto", False), ("math", False), ("default", True)]
+    ("choice", "kernel_in_training"),
+    [("auto", "explicit"), ("explicit", "explicit"), ("math", "math"), ("default", "sdpa")],
 )
-def test_training_attention_picks_the_kernel_of_training_steps(tmp_path, choice, flash_in_training):
+def test_training_attention_picks_the_kernel_of_training_steps(
+    tmp_path, choice, kernel_in_training
+):
+    from perceiver_vl.model import attention
+
     module = PerceiverVLModule(
         model=dict(TINY_MODEL), objectives=["contrastive"], training_attention=choice
     )
@@ -517,7 +522,10 @@ def test_training_attention_picks_the_kernel_of_training_steps(tmp_path, choice,
     compute = module.compute_losses
 
     def recording(*args, **kwargs):
-        seen.append(torch.backends.cuda.flash_sdp_enabled())  # the global SDPA kernel flags
+        if attention._EXPLICIT:  # the explicit kernel's switch
+            seen.append("explicit")
+        else:  # the global SDPA kernel flags
+            seen.append("sdpa" if torch.backends.cuda.flash_sdp_enabled() else "math")
         return compute(*args, **kwargs)
 
     module.compute_losses = recording
@@ -525,29 +533,48 @@ def test_training_attention_picks_the_kernel_of_training_steps(tmp_path, choice,
     trainer = _quiet_trainer(tmp_path, max_steps=2, limit_val_batches=1, num_sanity_val_steps=0)
     trainer.fit(module, loader, loader)
     # training steps (on this CPU) under the chosen kernel, validation under PyTorch's choice,
-    # and the flags restored afterwards
-    assert len(seen) >= 3 and seen[:2] == [flash_in_training] * 2 and all(seen[2:])
-    assert torch.backends.cuda.flash_sdp_enabled()
+    # and the switches restored afterwards
+    assert len(seen) >= 3 and seen[:2] == [kernel_in_training] * 2
+    assert all(k == "sdpa" for k in seen[2:])
+    assert torch.backends.cuda.flash_sdp_enabled() and not attention._EXPLICIT
 
 
-def test_training_attention_kernels_compute_the_same_losses():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_attention_kernels_compute_the_same_losses(dtype):
+    from perceiver_vl.model.attention import explicit_attention
+
     module = PerceiverVLModule(
         model=dict(TINY_MODEL), objectives=["contrastive", "matching", "mlm"]
     ).eval()
     batch = _batch()
+    batch["text_mask"][0, -2:] = False  # padded keys: the kernels must mask them alike
 
     def losses_and_kernels(context):
-        with context, torch.profiler.profile() as profiler:
+        with (
+            context,
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16),
+            torch.profiler.profile() as profiler,
+        ):
             out, _ = module.compute_losses(batch, 0, torch.Generator().manual_seed(0))
         kernels = {e.key for e in profiler.key_averages() if "_scaled_dot_product" in e.key}
-        return {k: v.item() for k, v in out.items()}, kernels
+        return {k: v.float().item() for k, v in out.items()}, kernels
 
     default, default_kernels = losses_and_kernels(contextlib.nullcontext())
-    math_kernel, math_kernels = losses_and_kernels(module._training_attention())
-    # two different kernels ran (PyTorch picks flash on the CPU), to the same losses
+    math_kernel, math_kernels = losses_and_kernels(
+        torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH])
+    )
+    explicit, explicit_kernels = losses_and_kernels(explicit_attention())
+    # three different kernels ran (PyTorch picks flash on the CPU; the explicit one is no SDPA
+    # call), to the same losses (bf16 rounds the scores between the explicit products)
     assert default_kernels == {"aten::_scaled_dot_product_flash_attention_for_cpu"}
     assert math_kernels == {"aten::_scaled_dot_product_attention_math"}
-    assert default.keys() == math_kernel.keys()
-    assert all(math.isclose(default[k], math_kernel[k], rel_tol=1e-4) for k in default)
+    assert explicit_kernels == set()
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for other in (math_kernel, explicit):
+        assert default.keys() == other.keys()
+        assert all(math.isclose(default[k], other[k], rel_tol=tol) for k in default), (
+            default,
+            other,
+        )
     with pytest.raises(ValueError, match="training_attention"):
         PerceiverVLModule(model=dict(TINY_MODEL), training_attention="flash")

@@ -206,3 +206,57 @@ def test_the_plain_training_modules_import_without_lightning():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_optimiser_runs_fused_and_updates_like_the_default_loop():
+    from perceiver_vl.train.optim import build_optimizer
+
+    def steps(model, fused):
+        options = OptimizationOptions(lr=1e-2, weight_decay=0.1)
+        if fused:
+            optimizer, _ = build_optimizer(model, options, total_steps=10)
+        else:  # the per-tensor loop, same groups and settings
+            optimizer = torch.optim.AdamW(
+                parameter_groups(model, options), lr=1e-2, betas=options.betas, eps=options.eps
+            )
+        for step in range(3):
+            g = torch.Generator().manual_seed(step)
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            optimizer.step()
+        return optimizer
+
+    torch.manual_seed(0)
+    fused_model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    loop_model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    loop_model.load_state_dict(fused_model.state_dict())
+    fused = steps(fused_model, fused=True)
+    assert fused.defaults["fused"] and all(g["fused"] for g in fused.param_groups)
+    assert not steps(loop_model, fused=False).defaults["fused"]
+    for a, b in zip(fused_model.parameters(), loop_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("precision", "clip", "fused"),
+    [("32-true", 1.0, True), ("bf16-mixed", None, True), ("bf16-mixed", 1.0, False)],
+)
+def test_the_module_takes_the_fused_optimiser_where_lightning_allows_it(precision, clip, fused):
+    import lightning.pytorch as pl
+
+    module = PerceiverVLModule(model=dict(TINY_MODEL), objectives=["contrastive"])
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        gradient_clip_val=clip,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_steps=1,
+    )
+    module.trainer = trainer
+    optimizer = module.configure_optimizers()["optimizer"]
+    # fused where Lightning allows it; the multi-tensor form where it would refuse clipping
+    assert bool(optimizer.defaults["fused"]) is fused
+    assert bool(optimizer.defaults["foreach"]) is not fused

@@ -90,12 +90,14 @@ def _loss_curve(out: Path, stage: str) -> list[dict[str, float]]:
 # Evaluation helpers
 # ----------------------------------------------------------------------------------------------
 def _efficiency(settings: DemoSettings, progress: Callable[[str], None]) -> list[dict[str, Any]]:
-    """GFLOPs and batch-1 fp32 latency of the paper-size Perceiver-VL (D=768, N=128, three
-    cross-attention blocks) and the joint-transformer baseline, at each frame count."""
+    """GFLOPs and batch-1 latency of the paper-size Perceiver-VL (D=768, N=128, three
+    cross-attention blocks) and the joint-transformer baseline, at each frame count, in the
+    demo's arithmetic (``settings.resolved_precision()``: bf16 where the CPU has bf16 units)."""
     from perceiver_vl.bench import BenchSettings, efficiency_rows
 
     rows = efficiency_rows(
         settings.efficiency_frames,
+        dtypes=(settings.resolved_precision(),),
         image_size=settings.efficiency_image_size,
         settings=BenchSettings(
             warmup=1,

@@ -153,7 +153,8 @@ def _plot_efficiency(metrics: dict[str, Any], path: Path) -> Path:
         if latency:
             axes[1].plot(*zip(*latency), marker="o", label=model)
     size = metrics["efficiency"][0].get("image_size", "?") if metrics["efficiency"] else "?"
-    for ax, label in zip(axes, ("GFLOPs per sample", "latency, batch 1, fp32 (ms)")):
+    dtype = metrics["efficiency"][0].get("dtype", "fp32") if metrics["efficiency"] else "fp32"
+    for ax, label in zip(axes, ("GFLOPs per sample", f"latency, batch 1, {dtype} (ms)")):
         ax.set_xlabel(f"frames ({size}x{size})")
         ax.set_ylabel(label)
         ax.set_yscale("log")

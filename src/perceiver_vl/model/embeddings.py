@@ -70,6 +70,12 @@ class VisualEmbedding(nn.Module):
         # The strided convolution as one matmul over patch rows (same result, faster on CPU):
         # (B*T, C, h, P, w, P) -> (B*T*h*w, C*P*P) in the conv weight's (C, P, P) order.
         proj = self.patch_embed.proj
+        device = frames.device.type
+        autocast = device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
+        if autocast and frames.dtype == torch.float32:
+            # the projections would cast the patches to the autocast dtype anyway: casting the
+            # frames first halves the bytes the patch reordering below moves
+            frames = frames.to(torch.get_autocast_dtype(device))
         patches = (
             frames[..., : h * p, : w * p]
             .reshape(b * t, c, h, p, w, p)

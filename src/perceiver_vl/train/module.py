@@ -20,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from perceiver_vl.data.collate import visual_inputs
 from perceiver_vl.fileio import atomic_write_json
+from perceiver_vl.model.attention import explicit_attention
 
 from .build import build_model, check_data_fits
 from .losses import ObjectiveLosses
@@ -87,7 +88,8 @@ class PerceiverVLModule(pl.LightningModule):
         locked_text_features: those features: ``ngram`` or ``model``.
         locked_text_anchor: weight of the ``locked_text`` loss after the locked phase.
         eval_modes: retrieval modes computed at validation (``multi``, ``mixed``).
-        training_attention: attention kernel of training steps: ``auto``, ``math``, ``default``.
+        training_attention: attention kernel of training steps: ``auto``, ``explicit``, ``math``,
+            ``default``.
         seed: seeds the objectives' sampling (negatives) and the locked-text features.
     """
 
@@ -127,7 +129,7 @@ class PerceiverVLModule(pl.LightningModule):
         locked_text_features: Literal["ngram", "model"] = "ngram",
         locked_text_anchor: float = 0.0,
         eval_modes: Sequence[str] = ("multi", "mixed"),
-        training_attention: Literal["auto", "math", "default"] = "auto",
+        training_attention: Literal["auto", "explicit", "math", "default"] = "auto",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -248,7 +250,9 @@ class PerceiverVLModule(pl.LightningModule):
         """The attention kernel of a training step (``training_attention``). The choice is made
         in the forward; the backward follows the graph the forward built."""
         choice = self.options.training_attention
-        if choice == "math" or (choice == "auto" and self.device.type == "cpu"):
+        if choice == "explicit" or (choice == "auto" and self.device.type == "cpu"):
+            return explicit_attention()
+        if choice == "math":
             return sdpa_kernel([SDPBackend.MATH])
         return contextlib.nullcontext()
 
@@ -317,11 +321,24 @@ class PerceiverVLModule(pl.LightningModule):
         )
         if self.options.freezing.two_stage is not None:
             self.unfreeze_step = resolve_unfreeze_step(self.options.freezing, total)
-        optimizer, scheduler = build_optimizer(self, options, total)
+        optimizer, scheduler = build_optimizer(self, options, total, fused=self._fused_optimizer())
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+    def _fused_optimizer(self) -> bool:
+        """Whether the trainer takes a fused optimiser: Lightning refuses gradient clipping with
+        one under its mixed-precision plugin (it cannot tell that bf16 has no loss scaling), so
+        there the multi-tensor (``foreach``) implementation runs instead."""
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        return not (
+            trainer.gradient_clip_val and isinstance(trainer.precision_plugin, MixedPrecision)
+        )
 
 
 def _bs(batch: dict[str, Any]) -> int:

@@ -319,9 +319,10 @@ class TrainingOptions:
 
     Attributes:
         objective, optimization, freezing, evaluation: the groups above.
-        training_attention: the attention kernel of training steps: ``math`` (PyTorch's
-            composite scaled-dot-product attention), ``default`` (PyTorch's choice) or ``auto``
-            (``math`` on the CPU, ``default`` elsewhere).
+        training_attention: the attention kernel of training steps: ``explicit`` (plain
+            ``softmax(q k^T / sqrt(d)) v``, :func:`~perceiver_vl.model.attention.explicit_attention`),
+            ``math`` (PyTorch's composite scaled-dot-product attention), ``default`` (PyTorch's
+            choice) or ``auto`` (``explicit`` on the CPU, ``default`` elsewhere).
         seed: seeds the objectives' sampling (negatives) and the locked-text features.
     """
 
@@ -329,11 +330,13 @@ class TrainingOptions:
     optimization: OptimizationOptions = field(default_factory=OptimizationOptions)
     freezing: FreezingOptions = field(default_factory=FreezingOptions)
     evaluation: EvaluationOptions = field(default_factory=EvaluationOptions)
-    training_attention: Literal["auto", "math", "default"] = "auto"
+    training_attention: Literal["auto", "explicit", "math", "default"] = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _one_of("training_attention", self.training_attention, ("auto", "math", "default"))
+        _one_of(
+            "training_attention", self.training_attention, ("auto", "explicit", "math", "default")
+        )
         for name in ("locked_text_steps", "locked_text_anchor"):
             if getattr(self.freezing, name) and "contrastive" not in self.objective.objectives:
                 raise ValueError(

@@ -497,3 +497,22 @@ def test_vqa_scores_and_dataset(tmp_path):
     assert built.vocab.answers == ["red"]
     with pytest.raises(ValueError, match="vocab"):
         VQAv2(q_path, None, tmp_path / "train2014")
+
+
+def test_collator_stacks_equal_clips_and_pads_unequal_ones_alike():
+    from perceiver_vl.data.collate import _stack_videos
+
+    g = torch.Generator().manual_seed(0)
+    clips = [torch.rand(3, 3, 8, 8, generator=g) for _ in range(3)]
+    items = [{"video": c, "video_mask": torch.ones(3, dtype=torch.bool)} for c in clips]
+    items[1]["video_mask"] = torch.tensor([True, True, False])  # a masked frame kept as given
+    del items[2]["video_mask"]  # no mask: every frame real
+    video, mask = _stack_videos(items)
+    assert torch.equal(video, torch.stack(clips))
+    assert mask.tolist() == [[True] * 3, [True, True, False], [True] * 3]
+    # a shorter clip is padded with zero, masked frames; the others are unchanged
+    items[0] = {"video": clips[0][:2]}
+    video, mask = _stack_videos(items)
+    assert torch.equal(video[0, :2], clips[0][:2]) and not video[0, 2].any()
+    assert torch.equal(video[1:], torch.stack(clips[1:]))
+    assert mask.tolist() == [[True, True, False], [True, True, False], [True] * 3]

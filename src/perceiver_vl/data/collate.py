@@ -21,7 +21,11 @@ def _stack_videos(items: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.
             f"items have different frame sizes {sorted(shapes)}; load every item with the same "
             "size= (the data sets resize and crop for you)"
         )
-    max_t = max(item["video"].shape[0] for item in items)
+    lengths = [item["video"].shape[0] for item in items]
+    max_t = max(lengths)
+    if min(lengths) == max_t:  # no padding: one stack (a zero-filled batch costs twice that)
+        masks = [item.get("video_mask", torch.ones(max_t, dtype=torch.bool)) for item in items]
+        return torch.stack([item["video"] for item in items]), torch.stack(masks).bool()
     channels, height, width = shapes.pop()
     video = torch.zeros(len(items), max_t, channels, height, width)
     mask = torch.zeros(len(items), max_t, dtype=torch.bool)

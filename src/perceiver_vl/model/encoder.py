@@ -223,9 +223,10 @@ def _gather(context: Context, index: Tensor) -> Context:
 
 
 def _rows(tensor: Tensor, index: Tensor) -> Tensor:
-    """``tensor[index]`` for a 1-D index, as ``index_select``: its backward accumulates with
-    ``index_add_``, several times faster on the CPU than the ``index_put_`` that fancy
-    indexing's backward runs (pairs repeat items, so the gradients must be summed)."""
+    """``tensor[index]`` for a 1-D index, as ``index_select``. Pairs repeat items, so the
+    backward sums rows: ``index_select``'s does it with a scatter-add, fancy indexing's with an
+    accumulating ``index_put_``, the slower of the two on the CPU (demo fine-tuning step, bf16:
+    about 3.5 against 4.6 ms a call)."""
     return tensor.index_select(0, index)
 
 

@@ -127,3 +127,14 @@ def test_progress_bars_for_media_and_captions_and_float32_latents(
     quiet = stream_retrieval_inputs(test_split, tokenizer, batch_size=4)
     encode_all(model, quiet, batch_size=4)
     assert "encoding" not in capsys.readouterr().err
+
+
+def test_latents_are_concatenated_without_holding_the_chunks_twice():
+    from perceiver_vl.evaluation.encoding import _concat_releasing
+
+    chunks = [torch.full((n, 2, 3), float(i)) for i, n in enumerate((2, 1, 3))]
+    expected = torch.cat(chunks)
+    out = _concat_releasing(chunks)
+    assert torch.equal(out, expected)
+    assert chunks == []  # each chunk released once copied
+    assert torch.equal(_concat_releasing([expected]), expected)

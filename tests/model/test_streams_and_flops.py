@@ -32,6 +32,29 @@ def test_multi_and_mixed_scores_equal_inline_computation(tiny_model):
                 torch.testing.assert_close(mixed[i, j], expected_mixed[0], atol=1e-5, rtol=1e-5)
 
 
+def test_mixed_summaries_are_computed_in_chunks_of_items_to_the_same_scores(tiny_model):
+    g = torch.Generator().manual_seed(3)
+    n, d = tiny_model.config.num_latents, tiny_model.config.hidden_size
+    visual, text = torch.randn(7, n, d, generator=g), torch.randn(5, n, d, generator=g)
+    decoder = tiny_model.decoder
+    whole = decoder.cls_summary(visual, chunk_size=100)
+    for chunk in (1, 3, 7):
+        part = decoder.cls_summary(visual, chunk_size=chunk)
+        torch.testing.assert_close(part.lse, whole.lse)
+        torch.testing.assert_close(part.values, whole.values)
+    assert decoder.cls_summary(visual[:0]).lse.shape[0] == 0
+    with pytest.raises(ValueError, match="chunk_size"):
+        decoder.cls_summary(visual, chunk_size=0)
+    scores = tiny_model.mixed_stream_scores(visual, text)
+    assert scores.shape == (5, 7)
+    torch.testing.assert_close(
+        scores,
+        tiny_model.mixed_stream_scores_from_summaries(
+            decoder.cls_summary(visual, chunk_size=2), decoder.cls_summary(text, chunk_size=2)
+        ),
+    )
+
+
 def test_mixed_scores_exact_for_standard_residual_too():
     model = PerceiverVL(tiny_config(cross_attention_residual="standard")).eval()
     v = torch.randn(3, 8, 32)

@@ -68,7 +68,24 @@ def encode_all(
             bar.update(text[-1].shape[0])
         bar.close()
         text_seconds = time.perf_counter() - start
-    return torch.cat(visual), torch.cat(text), visual_seconds, text_seconds
+    return _concat_releasing(visual), _concat_releasing(text), visual_seconds, text_seconds
+
+
+def _concat_releasing(chunks: list[Tensor]) -> Tensor:
+    """``torch.cat(chunks)``, emptying the list as it copies, so that the chunks and their
+    concatenation are not all held at once (a ``cat`` of the list would peak at twice the
+    latents)."""
+    if len(chunks) <= 1:
+        return torch.cat(chunks)
+    first = chunks[0]
+    out = first.new_empty((sum(c.shape[0] for c in chunks), *first.shape[1:]))
+    del first
+    row = 0
+    while chunks:
+        chunk = chunks.pop(0)
+        out[row : row + chunk.shape[0]] = chunk
+        row += chunk.shape[0]
+    return out
 
 
 __all__ = ["encode_all", "precision_autocast"]

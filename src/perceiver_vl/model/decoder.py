@@ -65,13 +65,25 @@ class QueryDecoder(nn.Module):
         """queries: (B, Q, D); latents: (B, N', D); latent_mask: (B, N') bool -> (B, Q, D)."""
         return self.norm(self.block(queries.to(latents.dtype), latents, latent_mask))
 
-    def cls_summary(self, latents: Tensor) -> AttentionSummary:
+    def cls_summary(self, latents: Tensor, *, chunk_size: int = 256) -> AttentionSummary:
         """The [CLS] query's attention over each item's latents (n, N, D), summarised:
         lse (n, heads, 1), values (n, heads, 1, head_dim). Keys and values are projected once
-        per item, whatever the number of pairs it is later scored in."""
+        per item, whatever the number of pairs it is later scored in, ``chunk_size`` items at a
+        time: the projected keys and values (twice the latents' size) never exist for all items
+        at once, only their small summaries."""
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         block = self.block
-        keys, values = block.attn.project_kv(latents)
-        return summarize(block.attn, block.norm1(self.cls_query.to(latents.dtype)), keys, values)
+        query = block.norm1(self.cls_query.to(latents.dtype))
+        parts = [
+            summarize(block.attn, query, *block.attn.project_kv(latents[s : s + chunk_size]))
+            for s in range(0, max(1, latents.shape[0]), chunk_size)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return AttentionSummary(
+            torch.cat([p.lse for p in parts]), torch.cat([p.values for p in parts])
+        )
 
     def cls_states(self, first: AttentionSummary, second: AttentionSummary) -> Tensor:
         """The [CLS] decoder state (..., D) when the query reads ``concat(first item's latents,

@@ -1,8 +1,8 @@
 """The demo's recipe: its settings (data sizes, the model preset, the training stages' choices)
 and the training stages themselves, shared by ``perceiver-vl demo`` and ``perceiver-vl analyze``.
 
-``full`` is the README's main job (at most ten minutes on a 2-core CPU); ``quick`` is the smoke
-version the test suite runs (about two minutes or less). Both train on the CPU, in bf16
+``full`` is the README's main job (its time on 2-core CPUs is in the README's "Current
+state"); ``quick`` is the smoke version the test suite runs (about two minutes or less). Both train on the CPU, in bf16
 autocast where the CPU has bf16 units and in fp32 elsewhere (``DemoSettings.precision``).
 """
 

@@ -343,3 +343,22 @@ def test_the_forward_is_deterministic_for_a_seed():
     assert not torch.allclose(
         other(video=video, text_ids=ids, text_mask=mask).latents, first.latents
     )
+
+
+def test_autocast_dtype_names_the_active_autocast_and_skips_unknown_devices():
+    from perceiver_vl.model.attention import autocast_dtype
+
+    assert autocast_dtype("cpu") is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert autocast_dtype("cpu") == torch.bfloat16
+        assert autocast_dtype("meta") is None  # FLOP counting runs on meta tensors
+    # the video embedding under autocast: the patches go to bf16 before the projections,
+    # the same tokens as fp32 to bf16 rounding
+    torch.manual_seed(0)
+    model = PerceiverVL(tiny_config()).train()
+    video, _, _ = make_inputs(batch=2, frames=3)
+    reference = model.visual_embed(video, is_video=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tokens = model.visual_embed(video, is_video=True)
+    assert tokens.dtype == torch.bfloat16
+    torch.testing.assert_close(tokens.float(), reference, rtol=3e-2, atol=3e-2)

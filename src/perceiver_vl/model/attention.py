@@ -20,6 +20,16 @@ from torch import Tensor, nn
 _EXPLICIT = False
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on ``device_type`` now, or None where it is off (or
+    where autocast does not know the device type, e.g. ``meta``)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know
+        return None
+    return torch.get_autocast_dtype(device_type) if enabled else None
+
+
 @contextlib.contextmanager
 def explicit_attention(enabled: bool = True) -> Iterator[None]:
     """Inside this context every attention block computes ``softmax(q k^T / sqrt(d)) v`` with

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import autocast_dtype
 from .config import PerceiverVLConfig
 
 
@@ -70,12 +71,11 @@ class VisualEmbedding(nn.Module):
         # The strided convolution as one matmul over patch rows (same result, faster on CPU):
         # (B*T, C, h, P, w, P) -> (B*T*h*w, C*P*P) in the conv weight's (C, P, P) order.
         proj = self.patch_embed.proj
-        device = frames.device.type
-        autocast = device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
-        if autocast and frames.dtype == torch.float32:
+        compute_dtype = autocast_dtype(frames.device.type)
+        if compute_dtype is not None and frames.dtype == torch.float32:
             # the projections would cast the patches to the autocast dtype anyway: casting the
             # frames first halves the bytes the patch reordering below moves
-            frames = frames.to(torch.get_autocast_dtype(device))
+            frames = frames.to(compute_dtype)
         patches = (
             frames[..., : h * p, : w * p]
             .reshape(b * t, c, h, p, w, p)

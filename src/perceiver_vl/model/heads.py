@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import autocast_dtype
 from .config import PerceiverVLConfig
 
 
@@ -25,11 +26,9 @@ def full_precision(module: nn.Module, x: Tensor) -> tuple[Any, Tensor]:
 
 def no_autocast(device_type: str) -> Any:
     """A context that turns autocast off where it is on (a no-op elsewhere, e.g. on ``meta``)."""
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-    except RuntimeError:  # a device type autocast does not know
-        enabled = False
-    return torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
+    if autocast_dtype(device_type) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
 
 
 class MatchingHead(nn.Module):

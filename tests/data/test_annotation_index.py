@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,123 @@ def test_jsonl_index_merges_media_and_counts_bad_rows(tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"video": "a.mp4", "caption": "x"}\n{oops\n')
     with pytest.raises(ValueError, match="broken.jsonl.*line 2 is not JSON"):
         CaptionDataset(tmp_path / "broken.jsonl")
+
+
+def _reference_jsonl(path):
+    """(media, captions, id) of each entry, the bad row numbers and the captionless media of a
+    JSON-lines manifest with ``video``/``caption``/(``id``) columns, read row by row as
+    read_caption_jsonl documents it (the column-wise reader must reproduce it)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    with_id = "id" in rows[0]
+    entries, bad = {}, []
+    for number, row in enumerate(rows):
+        media = row.get("video")
+        if not isinstance(media, str) or not media.strip():
+            bad.append(number)
+            continue
+        if media not in entries:
+            value = row.get("id") if with_id else None
+            ident = (str(value) if value is not None else "") or Path(media).stem
+            entries[media] = (ident, [])
+        cell = row.get("caption")
+        cells = cell if isinstance(cell, list) else [cell]
+        entries[media][1].extend(
+            " ".join(str(c).split()) for c in cells if c is not None and not isinstance(c, dict)
+        )
+    kept = [(m, [c for c in caps if c], i) for m, (i, caps) in entries.items()]
+    return [k for k in kept if k[1]], bad, [k[0] for k in kept if not k[1]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_jsonl_index_reads_rows_as_documented(tmp_path, monkeypatch, seed):
+    """Plain slices (taken column by column) and irregular ones (row by row), slices cut
+    anywhere, merged media across slices, blank and Unicode-space captions, ids."""
+    rng = np.random.default_rng(seed)
+    odd_media = [
+        "   ",
+        "",
+        None,
+        5,
+        " lead.mp4",
+        "x\\y.mp4",
+        "dir/",
+        "..",
+        "k/.",
+        "é/ü.mp4",
+        "d.",
+        ".hidden",
+        "e.x.y",
+    ]
+    words = ["a", "dog", "café", "  ", "\u3000", "x\u00a0y", "\t", ""]
+    with_id = seed % 2 == 1
+    rows = []
+    for i in range(300):
+        plain = (i // 40) % 2 == 0  # runs of plain rows between irregular ones
+        if plain:
+            media = f"v{int(rng.integers(0, 400 if seed < 3 else 10**9))}/{i}.mp4"
+            caption = " ".join(rng.choice(words, size=int(rng.integers(0, 4))))
+        else:
+            media = odd_media[int(rng.integers(len(odd_media)))] if rng.random() < 0.5 else "a.mp4"
+            caption = [["one", "  ", None, {}], None, 3, "  two  words ", {"x": 1}][
+                int(rng.integers(5))
+            ]
+        row = {"video": media, "caption": caption}
+        if with_id:
+            row["id"] = f"id{i}" if plain else [f"id{i}", "", None, 7][int(rng.integers(4))]
+        rows.append(row)
+    path = tmp_path / "manifest.jsonl"
+    text = "".join(json.dumps(r, ensure_ascii=bool(seed % 3)) + "\n" for r in rows)
+    path.write_text(text + ("\n" if seed % 2 else ""), encoding="utf-8")
+    slices = ai._jsonl_slices
+    monkeypatch.setattr(ai, "_jsonl_slices", lambda p: slices(p, [50, 300, 4000][seed % 3]))
+    ds = CaptionDataset(path, max_failure_fraction=1.0)
+    kept, bad, captionless = _reference_jsonl(path)
+    assert [(e.media, e.captions, e.id) for e in ds.entries] == kept
+    assert ds.tracker.counts["bad_annotation"] == len(bad) > 0
+    assert ds.tracker.counts["empty_caption"] == len(captionless)
+
+
+def test_jsonl_slices_name_the_bad_line_and_skip_blank_ones(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"a": 1}\n\n  \n{"a": 2}\r\n{"a": 3}')  # blank lines, CRLF, no final break
+    for size in (1, 7, 1 << 20):
+        assert [v for s in ai._jsonl_slices(path, size) for v in s] == [
+            {"a": 1},
+            {"a": 2},
+            {"a": 3},
+        ]
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3}, {"a": 4}\n')  # two values on line 3
+    with pytest.raises(ValueError, match="line 3 is not JSON"):
+        list(ai._jsonl_slices(path, 1 << 20))
+
+
+def test_strings_take_and_stems():
+    values = ["dir/a.mp4", "b", "é/ü.x.mp4", "c.", ".d", "", "e/f/g.jpg"]
+    strings = ai.Strings.from_list(values)
+    assert [strings.take(np.array([6, 0, 2]))[i] for i in range(3)] == [
+        values[6],
+        values[0],
+        values[2],
+    ]
+    mask = np.array([True, False, True, False, False, True, True])
+    assert [strings.take(mask)[i] for i in range(4)] == ["dir/a.mp4", "é/ü.x.mp4", "", "e/f/g.jpg"]
+    plain = ai.Strings.from_list(["dir/a.mp4", "b", "é/ü.x.mp4", "c.", ".d", "e/f/g.jpg", "h/i."])
+    stems = ai._stems(plain)
+    assert [stems[i] for i in range(len(stems))] == ["a", "b", "ü.x", "c.", ".d", "g", "i."]
+    odd = ["a/..", "b\\c.mp4", "d/", "k/."]  # these go through Path
+    assert [ai._stems(ai.Strings.from_list(odd))[i] for i in range(4)] == [
+        Path(p).stem for p in odd
+    ]
+    assert ai._blank(
+        ai.Strings.from_list(["a", "", "  ", "\u3000", " b ", "\u00a0x"])
+    ).tolist() == [
+        False,
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def _tsv(path, rows):

@@ -6,7 +6,8 @@ as one UTF-8 byte array with offsets; media paths and ids as byte arrays with of
 img2dataset keys formatted when asked) and makes an :class:`~perceiver_vl.data.datasets.Entry`
 only for the item being read. :func:`read_img2dataset_tsv` parses CC3M's ``caption<TAB>url``
 file with numpy over the raw bytes (no per-row Python work); :func:`read_caption_jsonl` parses a
-JSON-lines manifest in large slices.
+JSON-lines manifest in large slices (one ``json.loads`` each), takes plain slices column by column
+and works out merged media, ids and blank captions with numpy over all rows.
 
 :func:`cached_index` keeps a built index in one ``.npz`` file (numpy arrays, read with
 ``allow_pickle=False``; nothing is pickled) named after the annotation file and the reader's
@@ -19,10 +20,13 @@ atomically, so processes that read it (the other ranks, after the data module's
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import json
 import logging
+import operator
 import os
+import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,9 +62,15 @@ class Strings:
 
     @classmethod
     def from_list(cls, values: Sequence[str]) -> Strings:
-        """Pack ``values`` (one join and one encode; strings holding NUL are encoded one by one)."""
+        """Pack ``values``: one join and one encode (ASCII text: the lengths are the strings'
+        lengths; other text: cut at NUL separators; strings holding NUL: encoded one by one)."""
         if not values:
             return cls(np.zeros(0, np.uint8), np.zeros(1, np.int64))
+        text = "".join(values)
+        if text.isascii():  # one byte per character: the lengths are the strings' lengths
+            lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+            offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+            return cls(np.frombuffer(text.encode("ascii"), dtype=np.uint8), offsets)
         joined = "\0".join(values).encode("utf-8")
         data = np.frombuffer(joined, dtype=np.uint8)
         cuts = np.flatnonzero(data == 0)
@@ -79,6 +89,14 @@ class Strings:
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    def take(self, which: np.ndarray) -> Strings:
+        """The strings at ``which`` (positions in any order, or a boolean mask), packed anew."""
+        starts = self.offsets[:-1][which]
+        lengths = self.offsets[1:][which] - starts
+        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+        source = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return Strings(self.data[source], offsets)
 
     def __getitem__(self, index: int) -> str:
         start, stop = int(self.offsets[index]), int(self.offsets[index + 1])
@@ -440,37 +458,43 @@ def _gather_spans(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
 
 
 # ====================================================================== the JSON-lines reader
-def _jsonl_rows(path: Path, lines_per_slice: int = 65536) -> Iterator[tuple[int, Any]]:
-    """(1-based line number, parsed value) of every non-blank line; a slice of lines is parsed
-    by one ``json.loads`` call, and line by line only when it holds an error (to name it)."""
+def _jsonl_slices(path: Path, slice_chars: int = 1 << 23) -> Iterator[list[Any]]:
+    """The parsed values of the non-blank lines of ``path``, one list per slice of whole lines
+    (about ``slice_chars`` characters): a slice is parsed by one ``json.loads`` call, and line
+    by line only when it holds a blank line or an error (to name the line)."""
+    first = 1
+    carry = ""
     with open(path, encoding="utf-8-sig") as handle:
-        numbered: list[tuple[int, str]] = []
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                numbered.append((number, line))
-            if len(numbered) == lines_per_slice:
-                yield from _parse_slice(path, numbered)
-                numbered = []
-        if numbered:
-            yield from _parse_slice(path, numbered)
-
-
-def _parse_slice(path: Path, numbered: list[tuple[int, str]]) -> Iterator[tuple[int, Any]]:
-    try:
-        values = json.loads("[" + ",".join(line for _, line in numbered) + "]")
-        if len(values) == len(numbered):
-            yield from zip((n for n, _ in numbered), values)
-            return
-    except json.JSONDecodeError:
-        pass
-    for number, line in numbered:
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"annotations={str(path)!r} line {number} is not JSON ({err}); "
-                'each line must be one object like {"video": ..., "caption": ...}'
-            ) from err
+        while True:
+            block = handle.read(slice_chars)
+            text = carry + block
+            if not block:
+                if not text:
+                    return
+                text += "\n"
+            cut = text.rfind("\n") + 1
+            if cut == 0:  # no line break yet: read on
+                carry = text
+                continue
+            text, carry = text[:cut], text[cut:]
+            count = text.count("\n")
+            values = None
+            with contextlib.suppress(json.JSONDecodeError):
+                values = json.loads("[" + text[:-1].replace("\n", ",") + "]")
+            if values is None or len(values) != count:
+                values = []
+                for number, line in enumerate(text.split("\n")[:-1], first):
+                    if not line.strip():
+                        continue
+                    try:
+                        values.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise ValueError(
+                            f"annotations={str(path)!r} line {number} is not JSON ({err}); "
+                            'each line must be one object like {"video": ..., "caption": ...}'
+                        ) from err
+            first += count
+            yield values
 
 
 def _stem(media: str) -> str:
@@ -480,6 +504,177 @@ def _stem(media: str) -> str:
         return Path(media).stem
     dot = name.rfind(".")
     return name[:dot] if 0 < dot < len(name) - 1 else name
+
+
+def _stems(media: Strings) -> Strings:
+    """``_stem`` of every string, computed over the bytes (``/`` and ``.`` are single bytes in
+    UTF-8); the whole list is done in Python when one needs ``Path`` (a name that is empty,
+    ``.`` or ``..``, or a backslash)."""
+    data, offsets = media.data, media.offsets
+    starts, ends = offsets[:-1], offsets[1:]
+    slashes = np.flatnonzero(data == ord("/"))
+    last = np.searchsorted(slashes, ends) - 1
+    in_item = (last >= 0) & (slashes[np.maximum(last, 0)] >= starts) if len(slashes) else None
+    name = starts if in_item is None else np.where(in_item, slashes[last] + 1, starts)
+    name_length = ends - name
+    first = data[np.minimum(name, max(len(data) - 1, 0))] if len(data) else name_length
+    dotted = (name_length <= 2) & (first == ord(".")) & (data[np.maximum(ends - 1, 0)] == ord("."))
+    backslash = np.flatnonzero(data == ord("\\"))
+    if (name_length == 0).any() or dotted.any() or len(backslash):
+        return Strings.from_list([_stem(media[i]) for i in range(len(media))])
+    dots = np.flatnonzero(data == ord("."))
+    stop = ends
+    if len(dots):
+        last = np.searchsorted(dots, ends) - 1
+        dot = dots[np.maximum(last, 0)]
+        stop = np.where((last >= 0) & (dot > name) & (dot < ends - 1), dot, ends)
+    lengths = stop - name
+    return Strings(
+        _gather_spans(data, name, lengths),
+        np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+    )
+
+
+def _blank(strings: Strings) -> np.ndarray:
+    """(len,) bool: which strings ``str.split()`` finds no word in. A string whose first or last
+    byte is a visible ASCII character is not blank; the others are decoded and split."""
+    starts, ends = strings.offsets[:-1], strings.offsets[1:]
+    blank = ends == starts
+    data = strings.data
+    if not len(data):
+        return blank
+    first = data[np.minimum(starts, len(data) - 1)]
+    last = data[np.maximum(ends - 1, 0)]
+    for i in np.flatnonzero(~blank & ~(_VISIBLE[first] | _VISIBLE[last])).tolist():
+        blank[i] = not strings[i].split()
+    return blank
+
+
+class _JsonlRows:
+    """The rows of a JSON-lines manifest as columns (one item per row with a media path),
+    gathered slice by slice for :func:`read_caption_jsonl`."""
+
+    def __init__(self, path: Path, wanted: tuple[Any, Any, Any], keys: tuple[Any, Any, Any]):
+        self.path, self.wanted, self.keys = path, wanted, keys
+        self.m_key: str | None = None
+        self.c_key: str | None = None
+        self.i_key: str | None = None
+        self.media: list[str] = []  # per kept row
+        self.ids: list[str] | None = None  # per kept row ("": the media's stem); None: no column
+        self.captions: list[str] = []
+        self.caption_rows: list[int] = []  # the kept row each caption belongs to
+        self.skipped: list[list[str]] = []
+        self.rows = self.bad = 0
+
+    def add(self, values: list[Any]) -> None:
+        if not values:
+            return
+        if set(map(type, values)) != {dict}:
+            at = next(i for i, v in enumerate(values) if not isinstance(v, dict))
+            raise ValueError(
+                f"annotations={str(self.path)!r} row {self.rows + at + 1} is "
+                f"{type(values[at]).__name__}, not "
+                'an object like {"video": ..., "caption": ...}'
+            )
+        if self.m_key is None:
+            from perceiver_vl.data.datasets import _pick_key
+
+            row = values[0]
+            (media_key, caption_key, id_key), (media_keys, caption_keys, id_keys) = (
+                self.wanted,
+                self.keys,
+            )
+            self.m_key = _pick_key(row, media_key, media_keys, "media")
+            self.c_key = _pick_key(row, caption_key, caption_keys, "caption")
+            self.i_key = id_key or next((k for k in id_keys if k in row), None)
+            self.ids = None if self.i_key is None else []
+        if not self._add_columns(values):
+            for row in values:
+                self._add_row(row)
+
+    def _add_columns(self, values: list[dict[str, Any]]) -> bool:
+        """Add the slice column by column when every row has a media path (a string that does not
+        start with whitespace), one caption string and a string id or no id column; False
+        (nothing added) otherwise."""
+        try:  # a row without one of the columns is added row by row
+            media = list(map(operator.itemgetter(self.m_key), values))
+            captions = list(map(operator.itemgetter(self.c_key), values))
+            ids = None if self.ids is None else list(map(operator.itemgetter(self.i_key), values))
+        except KeyError:
+            return False
+        if set(map(type, media)) != {str} or "" in media:
+            return False
+        if _LEADING_SPACE.search("\0" + "\0".join(media)):  # a blank path, or one to look at
+            return False
+        if set(map(type, captions)) != {str}:
+            return False
+        if ids is not None:
+            if set(map(type, ids)) != {str}:
+                return False
+            self.ids.extend(ids)
+        start = len(self.media)
+        self.media.extend(media)
+        self.captions.extend(captions)
+        self.caption_rows.extend(range(start, start + len(values)))
+        self.rows += len(values)
+        return True
+
+    def _add_row(self, row: dict[str, Any]) -> None:
+        from perceiver_vl.data.datasets import _clean_captions
+
+        self.rows += 1
+        media = row.get(self.m_key)
+        if not isinstance(media, str) or not media.strip():
+            self.bad += 1
+            self.skipped.append(
+                [f"{self.path} row {self.rows - 1}", "no media path", "bad_annotation"]
+            )
+            return
+        kept = len(self.media)
+        self.media.append(media)
+        if self.ids is not None:
+            value = row.get(self.i_key)
+            self.ids.append(str(value) if value is not None else "")
+        cell = row.get(self.c_key)
+        captions = [cell] if isinstance(cell, str) else _clean_captions(cell)
+        self.captions.extend(captions)
+        self.caption_rows.extend([kept] * len(captions))
+
+    def table(self) -> tuple[EntryTable, np.ndarray]:
+        """The entries (rows naming one media merged, first row first) and each entry's caption
+        count (0: every caption was blank)."""
+        media, n = self.media, len(self.media)
+        caption_entry = np.asarray(self.caption_rows, dtype=np.int64)
+        first_row: np.ndarray | None = None
+        if len(set(media)) != n:  # media named by several rows
+            unique = list(dict.fromkeys(media))
+            entry_of = dict(zip(unique, range(len(unique))))
+            row_entry = np.fromiter(map(entry_of.__getitem__, media), np.int64, count=n)
+            first_row = np.unique(row_entry, return_index=True)[1]
+            caption_entry = row_entry[caption_entry]
+            media = unique
+        media_strings = Strings.from_list(media)
+        if self.ids is None:
+            ids = _stems(media_strings)
+        else:
+            values = self.ids if first_row is None else [self.ids[i] for i in first_row.tolist()]
+            if "" in values:
+                values = [v or _stem(m) for v, m in zip(values, media)]
+            ids = Strings.from_list(values)
+        captions = Strings.from_list(self.captions)
+        blank = _blank(captions)
+        if blank.any():
+            captions, caption_entry = captions.take(~blank), caption_entry[~blank]
+        if len(caption_entry) > 1 and bool((caption_entry[1:] < caption_entry[:-1]).any()):
+            order = np.argsort(caption_entry, kind="stable")
+            captions, caption_entry = captions.take(order), caption_entry[order]
+        counts = np.bincount(caption_entry, minlength=len(media))
+        entry_captions = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        return EntryTable(captions, entry_captions, media=media_strings, ids=ids), counts
+
+
+# a path that starts with whitespace (one of the "\0"-joined paths of a slice)
+_LEADING_SPACE = re.compile(r"\0\s")
 
 
 def read_caption_jsonl(
@@ -499,83 +694,45 @@ def read_caption_jsonl(
     hold a list. Rows naming the same media are merged into one entry (first row's position,
     captions in file order); a row without a media path is skipped as ``bad_annotation``, a
     media left without captions as ``empty_caption``. The entry id is the id column's value,
-    else the media file's stem.
-    """
-    from perceiver_vl.data.datasets import _clean_captions, _pick_key
+    else the media file's stem. Captions are stored as written and cleaned (whitespace
+    collapsed) when an entry is read.
 
+    The file is parsed in slices of a few megabytes, one ``json.loads`` each; a slice of plain
+    rows (a media path and one caption string each, a string id or none) is taken column by
+    column, any other row by row, and the merging, ids and blank captions are then worked out
+    with numpy over all rows at once.
+    """
     path = Path(path)
-    entry_of: dict[str, int] = {}
-    media_list: list[str] = []
-    id_list: list[str] = []
-    caption_texts: list[str] = []
-    caption_owner: list[int] = []
-    skipped: list[list[str]] = []
-    m_key = c_key = i_key = None
-    rows = bad = 0
+    rows = _JsonlRows(path, (media_key, caption_key, id_key), (media_keys, caption_keys, id_keys))
     try:
-        for _line, row in _jsonl_rows(path):
-            if not isinstance(row, dict):
-                raise ValueError(
-                    f"annotations={str(path)!r} row {rows + 1} is {type(row).__name__}, not "
-                    'an object like {"video": ..., "caption": ...}'
-                )
-            if m_key is None:
-                m_key = _pick_key(row, media_key, media_keys, "media")
-                c_key = _pick_key(row, caption_key, caption_keys, "caption")
-                i_key = id_key or next((k for k in id_keys if k in row), None)
-            rows += 1
-            media = row.get(m_key)
-            if not isinstance(media, str) or not media.strip():
-                bad += 1
-                skipped.append([f"{path} row {rows - 1}", "no media path", "bad_annotation"])
-                continue
-            entry = entry_of.get(media)
-            if entry is None:
-                entry = entry_of[media] = len(media_list)
-                media_list.append(media)
-                value = row.get(i_key) if i_key else None
-                id_list.append((str(value) if value is not None else "") or _stem(media))
-            cell = row.get(c_key)
-            if isinstance(cell, str):  # the common case, as _clean_captions cleans it
-                words = cell.split()
-                if words:
-                    caption_texts.append(" ".join(words))
-                    caption_owner.append(entry)
-                continue
-            for caption in _clean_captions(cell):
-                caption_texts.append(caption)
-                caption_owner.append(entry)
+        for values in _jsonl_slices(path):
+            rows.add(values)
     except UnicodeDecodeError as err:
         raise ValueError(
             f"annotations={str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
             "save it as UTF-8"
         ) from None
-    if rows == 0:
+    if rows.rows == 0:
         raise ValueError(
             f"annotations={str(path)!r} holds no rows; an empty data set would train or "
             "evaluate on nothing. Check the file (or the split it was written for)"
         )
-    owners = np.asarray(caption_owner, dtype=np.int64)
-    order = np.argsort(owners, kind="stable")
-    counts = np.bincount(owners, minlength=len(media_list))
-    texts = [caption_texts[i] for i in order.tolist()] if len(order) else []
-    entry_captions = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    table = EntryTable(
-        Strings.from_list(texts),
-        entry_captions,
-        media=Strings.from_list(media_list),
-        ids=Strings.from_list(id_list),
-    )
+    table, counts = rows.table()
+    skipped = rows.skipped
     captionless = np.flatnonzero(counts == 0)
+    assert table.ids is not None and table.media is not None
     for e in captionless.tolist():
         skipped.append(
-            [f"{path} [{id_list[e]}: {media_list[e]}]", "empty caption", "empty_caption"]
+            [f"{path} [{table.ids[e]}: {table.media[e]}]", "empty caption", "empty_caption"]
         )
     kept = table.select(np.flatnonzero(counts > 0))
     return BuiltIndex(
         kept,
         skipped,
-        [[bad, max(1, rows), f"{path} (rows)"], [len(captionless), len(media_list), str(path)]],
+        [
+            [rows.bad, max(1, rows.rows), f"{path} (rows)"],
+            [len(captionless), len(counts), str(path)],
+        ],
     )
 
 

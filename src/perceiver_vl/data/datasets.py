@@ -79,11 +79,15 @@ def _load_json(path: Path, argument: str) -> Any:
 
 
 def _clean_captions(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
+    """The non-blank captions of an annotation cell: a string, a number or a list of them
+    (whitespace collapsed; ``None``, objects and nested lists hold no caption)."""
+    if not isinstance(value, (list, tuple)):
         value = [value]
-    return [" ".join(str(v).split()) for v in value if v is not None and str(v).strip()]
+    return [
+        " ".join(str(v).split())
+        for v in value
+        if v is not None and not isinstance(v, (dict, list, tuple)) and str(v).strip()
+    ]
 
 
 class MediaTextDataset(Dataset):

@@ -263,7 +263,10 @@ def prepare_training_data(
         progress=progress,
     )
     datamodule.setup("fit")
-    datamodule.num_workers = 1  # cached clips: one worker keeps batches ready, one core trains
+    # Cached clips: a batch is made in about 13 ms in the training process, and on two cores a
+    # loader worker only competes with the training threads (a pretraining step took 0.35-0.39 s
+    # with one worker and 0.28-0.32 s with none; fine-tuning 0.57-0.63 against 0.51-0.57 s).
+    datamodule.num_workers = 0
     return datamodule
 
 

@@ -275,6 +275,47 @@ def test_hard_negatives_share_one_similarity_per_step():
     assert model.layerdrop_counter == counter
 
 
+def test_single_stream_scores_a_subset_of_queries():
+    """single_stream_queries=q: the single stream scores q of the batch's captions (distinct,
+    drawn by the step's generator) against their 1 + k candidates; the mixed stream keeps all."""
+    module = PerceiverVLModule(
+        model=dict(TINY_MODEL),
+        objectives=["retrieval"],
+        retrieval_stream=["single", "mixed"],
+        retrieval_negatives="all",
+        single_stream_negatives=3,
+        single_stream_queries=2,
+        retrieval_directions=["t2v"],
+    )
+    model = module.model
+    seen = []
+    pair_logits = model.single_stream_pair_logits
+
+    def record(**kwargs):
+        seen.append((kwargs["text_index"].clone(), kwargs["visual_index"].clone()))
+        return pair_logits(**kwargs)
+
+    model.single_stream_pair_logits = record  # type: ignore[method-assign]
+    batch = _batch(n=6)
+    draws = []
+    for seed in range(4):
+        losses, stats = module.compute_losses(batch, 0, torch.Generator().manual_seed(seed))
+        assert torch.isfinite(losses["retrieval"])
+        text_index, visual_index = seen[-1]
+        assert text_index.shape == visual_index.shape == (2 * 4,)
+        queries = text_index.view(2, 4)[:, 0]
+        assert len(set(queries.tolist())) == 2
+        assert torch.equal(visual_index.view(2, 4)[:, 0], queries)  # column 0: the positive
+        assert (text_index.view(2, 4) == queries[:, None]).all()
+        draws.append(tuple(queries.tolist()))
+    assert len(set(draws)) > 1  # a new draw each step
+    module.losses.objective.single_stream_queries = None  # every caption
+    module.compute_losses(batch, 0, torch.Generator().manual_seed(0))
+    assert seen[-1][0].shape == (6 * 4,)
+    with pytest.raises(ValueError, match="single_stream_queries"):
+        PerceiverVLModule(model=dict(TINY_MODEL), single_stream_queries=0)
+
+
 def test_retrieval_stream_is_checked():
     for bad in ("both", ["single", "single"], [], ["mixed", "multi"]):
         with pytest.raises(ValueError, match="retrieval_stream"):

@@ -73,6 +73,8 @@ class DemoSettings:
             stream (and of the mixed stream when it takes k), of which this share are the
             hardest under the multi-stream similarity and the rest random (ours; the paper does
             not say how it picks them).
+        single_stream_queries: captions per batch the single stream scores (drawn each step;
+            ``None``: all 64); see :class:`~perceiver_vl.train.options.ObjectiveOptions`.
         retrieval_directions: ``t2v`` (captions are the queries; one direction halves the
             single stream's cost) and/or ``v2t``.
         finetune_layerdrop: LayerDrop in fine-tuning (the paper uses it in both stages; it is
@@ -107,6 +109,7 @@ class DemoSettings:
     retrieval_streams: tuple[str, ...] = ("single", "mixed")
     mixed_stream_negatives: int | str = "all"
     single_stream_negatives: int = 3
+    single_stream_queries: int | None = None
     hard_negative_fraction: float = 0.67
     retrieval_directions: tuple[str, ...] = ("t2v",)
     finetune_layerdrop: float = 0.5
@@ -342,6 +345,7 @@ def finetune_model(
         retrieval_stream=list(settings.retrieval_streams),
         retrieval_negatives=settings.mixed_stream_negatives,
         single_stream_negatives=settings.single_stream_negatives,
+        single_stream_queries=settings.single_stream_queries,
         hard_negatives=(
             "single" in settings.retrieval_streams or settings.mixed_stream_negatives != "all"
         ),

@@ -386,8 +386,14 @@ class ObjectiveLosses:
                 keys=keys,
                 hard_fraction=self.objective.hard_negative_fraction,
             ).to(ids.device)
+            queries = torch.arange(size, device=ids.device)
+            wanted = self.objective.single_stream_queries
+            if stream == StreamMode.SINGLE and wanted is not None and wanted < size:
+                queries = torch.randperm(size, generator=generator)[:wanted].to(ids.device)
+                cand = cand[queries]
             k1 = cand.shape[1]
-            query = torch.arange(size, device=ids.device)[:, None].expand(-1, k1).reshape(-1)
+            num_queries = queries.shape[0]
+            query = queries[:, None].expand(-1, k1).reshape(-1)
             item = cand.reshape(-1)
             v_idx, t_idx = (item, query) if direction == "t2v" else (query, item)
             if stream == StreamMode.MIXED:
@@ -401,10 +407,10 @@ class ObjectiveLosses:
                     text_index=t_idx,
                     layerdrop_step=layerdrop_step,
                 )
-            logits = logits.float().view(size, k1)
-            target = torch.zeros(size, dtype=torch.long, device=ids.device)
+            logits = logits.float().view(num_queries, k1)
+            target = torch.zeros(num_queries, dtype=torch.long, device=ids.device)
             total = total + F.cross_entropy(logits, target)
             correct += float((logits.detach().argmax(1) == 0).float().sum())
-            count += size
+            count += num_queries
         n = len(self.objective.retrieval_directions)
         return total / n, torch.tensor(correct / max(count, 1))

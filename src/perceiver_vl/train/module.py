@@ -61,6 +61,7 @@ class PerceiverVLModule(pl.LightningModule):
         retrieval_stream: ``mixed``, ``single`` or a list of both.
         retrieval_negatives: k negatives per query, or ``all`` (mixed stream).
         single_stream_negatives: the single stream's k when both streams train.
+        single_stream_queries: queries per batch the single stream scores (None: all).
         hard_negatives: negatives are the hardest under the multi-stream similarity.
         hard_negative_fraction: share of the k negatives that are the hardest.
         retrieval_directions: ``t2v``, ``v2t`` or both.
@@ -107,6 +108,7 @@ class PerceiverVLModule(pl.LightningModule):
         retrieval_stream: Literal["mixed", "single"] | Sequence[str] = "mixed",
         retrieval_negatives: int | Literal["all"] = 7,
         single_stream_negatives: int | None = None,
+        single_stream_queries: int | None = None,
         hard_negatives: bool = False,
         hard_negative_fraction: float = 1.0,
         retrieval_directions: Sequence[str] = ("t2v", "v2t"),

@@ -68,6 +68,10 @@ class ObjectiveOptions:
             (mixed stream only, scored by the factorised mixed-stream scorer).
         single_stream_negatives: the single stream's k when both streams train (default:
             ``retrieval_negatives``; required when that is ``all``).
+        single_stream_queries: how many of the batch's queries the single stream scores each
+            step (drawn at random; ``None``: all). Each single-stream pair is a joint encoding,
+            so fewer queries with more negatives (``single_stream_negatives``) keeps a step's
+            cost while each query ranks more candidates.
         hard_negatives: the k negatives are the hardest under the multi-stream similarity.
         hard_negative_fraction: with ``hard_negatives``, the share of the k negatives that are
             the hardest; the rest are random in-batch items.
@@ -83,6 +87,7 @@ class ObjectiveOptions:
     retrieval_stream: str | Sequence[str] = StreamMode.MIXED
     retrieval_negatives: int | Literal["all"] = 7
     single_stream_negatives: int | None = None
+    single_stream_queries: int | None = None
     hard_negatives: bool = False
     hard_negative_fraction: float = 1.0
     retrieval_directions: Sequence[str] = ("t2v", "v2t")
@@ -130,6 +135,12 @@ class ObjectiveOptions:
             raise ValueError(
                 f"model.single_stream_negatives={single!r} must be a number of negatives per "
                 "query (>= 1)"
+            )
+        queries = self.single_stream_queries
+        if queries is not None and not _is_count(queries):
+            raise ValueError(
+                f"model.single_stream_queries={queries!r} must be a number of queries per batch "
+                "(>= 1) or null (every query)"
             )
         if self.retrieval_negatives == "all":
             # only the mixed stream can score every pair; a single stream needs its own k

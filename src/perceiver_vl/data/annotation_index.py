@@ -517,10 +517,12 @@ def _stems(media: Strings) -> Strings:
     in_item = (last >= 0) & (slashes[np.maximum(last, 0)] >= starts) if len(slashes) else None
     name = starts if in_item is None else np.where(in_item, slashes[last] + 1, starts)
     name_length = ends - name
-    first = data[np.minimum(name, max(len(data) - 1, 0))] if len(data) else name_length
-    dotted = (name_length <= 2) & (first == ord(".")) & (data[np.maximum(ends - 1, 0)] == ord("."))
-    backslash = np.flatnonzero(data == ord("\\"))
-    if (name_length == 0).any() or dotted.any() or len(backslash):
+    through_path = bool((name_length == 0).any() or (data == ord("\\")).any())
+    if not through_path:  # every name has a first and a last byte: is it "." or ".."?
+        dot = ord(".")
+        dotted = (name_length <= 2) & (data[name] == dot) & (data[ends - 1] == dot)
+        through_path = bool(dotted.any())
+    if through_path:
         return Strings.from_list([_stem(media[i]) for i in range(len(media))])
     dots = np.flatnonzero(data == ord("."))
     stop = ends

@@ -38,7 +38,7 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
     assert "train/retrieval_loss" in training["finetune"]["final"]
     assert (
         "- pretraining (vision-text matching on the clean caption + masked LM on a corrupted "
-        "copy, LayerDrop 0.5): 20 steps; 50% of caption tokens masked (paper: 15 %), matching "
+        "copy, LayerDrop 0.5): 20 steps; 65% of caption tokens masked (paper: 15 %), matching "
         "loss weight 0.03 (paper: 1)" in report
     )
     assert (

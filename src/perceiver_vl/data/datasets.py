@@ -28,6 +28,7 @@ from perceiver_vl.data.annotation_index import (
     BuiltIndex,
     EntryTable,
     Img2datasetKeys,
+    _jsonl_slices,
     cached_index,
     read_caption_jsonl,
     read_img2dataset_tsv,
@@ -335,19 +336,7 @@ def _read_annotation_rows(path: Path) -> list[Any]:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             return list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ","))
     if suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(
-                        f"annotations={str(path)!r} line {number} is not JSON ({err}); "
-                        'each line must be one object like {"video": ..., "caption": ...}'
-                    ) from err
-        return rows
+        return [row for rows in _jsonl_slices(path) for row in rows]
     if suffix == ".json":
         data = _load_json(path, "annotations")
         if isinstance(data, dict):

@@ -212,16 +212,9 @@ def test_strings_take_and_stems():
     assert [ai._stems(ai.Strings.from_list(odd))[i] for i in range(4)] == [
         Path(p).stem for p in odd
     ]
-    assert ai._blank(
-        ai.Strings.from_list(["a", "", "  ", "\u3000", " b ", "\u00a0x"])
-    ).tolist() == [
-        False,
-        True,
-        True,
-        True,
-        False,
-        False,
-    ]
+    spans = ai.Strings.from_list(["a", "", "  ", "\u3000", " b ", "\u00a0x"])
+    blank = ai._blank_spans(spans.data, spans.offsets[:-1], spans.offsets[1:])
+    assert blank.tolist() == [False, True, True, True, False, False]
 
 
 def _tsv(path, rows):

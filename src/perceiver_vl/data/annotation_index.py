@@ -53,6 +53,25 @@ def normalize_caption(text: str) -> str:
     return " ".join(text.split())
 
 
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """(n + 1,) int64 start offsets of ``n`` consecutive pieces of these lengths."""
+    return np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+
+
+def _blank_spans(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """(n,) bool: which UTF-8 spans ``data[starts[i]:ends[i]]`` ``str.split()`` finds no word
+    in. A span whose first or last byte is a visible ASCII character is not blank; the others
+    (empty spans aside) are decoded and split."""
+    blank = ends <= starts
+    if not len(data):
+        return blank
+    first = data[np.minimum(starts, len(data) - 1)]
+    last = data[np.maximum(ends - 1, 0)]
+    for i in np.flatnonzero(~blank & ~(_VISIBLE[first] | _VISIBLE[last])).tolist():
+        blank[i] = not data[starts[i] : ends[i]].tobytes().decode("utf-8").split()
+    return blank
+
+
 class Strings:
     """Many strings in one UTF-8 byte array: string ``i`` is ``data[offsets[i]:offsets[i + 1]]``."""
 
@@ -69,7 +88,7 @@ class Strings:
         text = "".join(values)
         if text.isascii():  # one byte per character: the lengths are the strings' lengths
             lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-            offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+            offsets = _offsets(lengths)
             return cls(np.frombuffer(text.encode("ascii"), dtype=np.uint8), offsets)
         joined = "\0".join(values).encode("utf-8")
         data = np.frombuffer(joined, dtype=np.uint8)
@@ -78,13 +97,13 @@ class Strings:
             ends = np.append(cuts, len(data))
             starts = np.concatenate(([0], cuts + 1))
             lengths = ends - starts
-            offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+            offsets = _offsets(lengths)
             keep = np.ones(len(data), dtype=bool)
             keep[cuts] = False
             return cls(data[keep], offsets)
         encoded = [v.encode("utf-8") for v in values]
         lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
-        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+        offsets = _offsets(lengths)
         return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(), offsets)
 
     def __len__(self) -> int:
@@ -94,7 +113,7 @@ class Strings:
         """The strings at ``which`` (positions in any order, or a boolean mask), packed anew."""
         starts = self.offsets[:-1][which]
         lengths = self.offsets[1:][which] - starts
-        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+        offsets = _offsets(lengths)
         source = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
         return Strings(self.data[source], offsets)
 
@@ -388,15 +407,7 @@ def read_img2dataset_tsv(path: str | os.PathLike, key_format: Img2datasetKeys) -
             cap_end = np.where(has_next_tab, after, line_ends)
         else:
             cap_end = line_ends
-        # a caption whose first or last byte is a visible ASCII character is not blank; the
-        # rest (empty, or starting and ending with a space or a non-ASCII byte) are decoded and
-        # checked as str.split() sees them (Unicode spaces count as blank)
-        filled = cap_end > cap_start
-        last = len(data) - 1
-        visible = _VISIBLE[data[np.minimum(cap_start, last)]] | _VISIBLE[data[cap_end - 1]]
-        blank = ~filled
-        for i in np.flatnonzero(filled & ~visible).tolist():
-            blank[i] = not chunk[cap_start[i] : cap_end[i]].decode("utf-8").split()
+        blank = _blank_spans(data, cap_start, cap_end)  # as str.split() sees them
         for r in number[blank].tolist():
             where = f"{path} [{key_format.key(r)}: {key_format.media(r)}]"
             blank_rows.append([where, "empty caption", "empty_caption"])
@@ -533,23 +544,12 @@ def _stems(media: Strings) -> Strings:
     lengths = stop - name
     return Strings(
         _gather_spans(data, name, lengths),
-        np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+        _offsets(lengths),
     )
 
 
-def _blank(strings: Strings) -> np.ndarray:
-    """(len,) bool: which strings ``str.split()`` finds no word in. A string whose first or last
-    byte is a visible ASCII character is not blank; the others are decoded and split."""
-    starts, ends = strings.offsets[:-1], strings.offsets[1:]
-    blank = ends == starts
-    data = strings.data
-    if not len(data):
-        return blank
-    first = data[np.minimum(starts, len(data) - 1)]
-    last = data[np.maximum(ends - 1, 0)]
-    for i in np.flatnonzero(~blank & ~(_VISIBLE[first] | _VISIBLE[last])).tolist():
-        blank[i] = not strings[i].split()
-    return blank
+# a path that starts with whitespace (one of the "\0"-joined paths of a slice)
+_LEADING_SPACE = re.compile(r"\0\s")
 
 
 class _JsonlRows:
@@ -664,19 +664,15 @@ class _JsonlRows:
                 values = [v or _stem(m) for v, m in zip(values, media)]
             ids = Strings.from_list(values)
         captions = Strings.from_list(self.captions)
-        blank = _blank(captions)
+        blank = _blank_spans(captions.data, captions.offsets[:-1], captions.offsets[1:])
         if blank.any():
             captions, caption_entry = captions.take(~blank), caption_entry[~blank]
         if len(caption_entry) > 1 and bool((caption_entry[1:] < caption_entry[:-1]).any()):
             order = np.argsort(caption_entry, kind="stable")
             captions, caption_entry = captions.take(order), caption_entry[order]
         counts = np.bincount(caption_entry, minlength=len(media))
-        entry_captions = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        entry_captions = _offsets(counts)
         return EntryTable(captions, entry_captions, media=media_strings, ids=ids), counts
-
-
-# a path that starts with whitespace (one of the "\0"-joined paths of a slice)
-_LEADING_SPACE = re.compile(r"\0\s")
 
 
 def read_caption_jsonl(

@@ -1,7 +1,7 @@
 """Time our forward and the authors' side by side, as single-thread CPU time.
 
     python scripts/side_by_side.py [--rounds 3] [--frames 8,32] [--threads 1] [--json out.json]
-        [--no-extras] [--authors ../shared/reference] [--authors-root ~/.cache/pvl-authors]
+        [--no-extras] [--no-bf16] [--authors ../shared/reference] [--authors-root ~/.cache/pvl-authors]
 
 Two long-lived worker processes, one per implementation, each with ``--threads`` intra-op
 threads; the driver asks them in turn (ours, theirs, ours, theirs, ...) for one timed forward at
@@ -136,6 +136,11 @@ def main() -> int:
     parser.add_argument("--authors-root", type=Path, default=Path.home() / ".cache" / "pvl-authors")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per worker (1)")
     parser.add_argument("--no-extras", action="store_true", help="skip bf16/batch-16/text rows")
+    parser.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="skip the bf16 rows (for CPUs without bf16 units, where bf16 is emulated)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     threads = str(args.threads)
@@ -164,6 +169,8 @@ def main() -> int:
         extras += [("joint", frames[0], "fp32", 16), ("joint", frames[0], "bf16", 16)]
         extras += [("text", 0, "fp32", 1), ("text", 0, "bf16", 1)]
         extras += [("matmul", 0, "fp32", 1), ("matmul", 0, "bf16", 1)]
+    if args.no_bf16:
+        extras = [case for case in extras if case[2] != "bf16"]
     samples: dict[str, list[dict[str, float]]] = {}
     for round_ in range(args.rounds):
         for t in frames:

@@ -28,6 +28,21 @@ def test_non_finite_image_pixels_are_refused(small_model):
         small_model.encode(images=images)
 
 
+def test_finite_values_whose_sum_overflows_are_accepted_and_opposite_infinities_refused(
+    small_model,
+):
+    # the check sums first: a sum that overflows to inf must not be taken for an inf pixel,
+    # and +inf with -inf (a NaN sum) must still be counted value by value
+    video, _ = inputs()
+    huge = video.clone()
+    huge[0, 0, 0, :2, :2] = 3e38
+    assert torch.isinf(huge.sum())
+    small_model.encode(video=huge)
+    video[0, 0, 0, 0, 0], video[1, 0, 0, 0, 0] = float("inf"), -float("inf")
+    with pytest.raises(ValueError, match=r"video holds 2 non-finite values"):
+        small_model.encode(video=video)
+
+
 def test_the_finite_check_can_be_switched_off_for_trusted_batches(small_model):
     video, _ = inputs()
     video[0, 0, 0, 0, 0] = float("nan")

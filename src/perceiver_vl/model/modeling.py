@@ -87,8 +87,10 @@ def _all_finite(tensor: Tensor) -> bool:
     """Whether every value is finite. One summing pass decides when the sum is finite (a NaN or
     inf anywhere makes the sum NaN or inf); only a non-finite sum, which finite values can also
     give by overflowing, is checked value by value. ``isfinite(t).all()`` makes several passes
-    over the tensor, which on a training batch of video is tens of milliseconds."""
-    if bool(torch.isfinite(tensor.sum())):
+    over the tensor, which on a training batch of video is tens of milliseconds. The sum is
+    taken in fp32 (fp64 for fp64 input) so that half-precision frames rarely overflow it."""
+    total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+    if bool(torch.isfinite(total)):
         return True
     return bool(torch.isfinite(tensor).all())
 

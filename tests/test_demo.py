@@ -68,14 +68,18 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
     assert printed.rstrip().splitlines()[-1].strip() == f"perceiver-vl serve --index {out}/index"
 
 
-def test_full_demo_warns_of_its_fp32_time_only_when_auto_picked_fp32():
+def test_full_demo_warns_of_its_fp32_time_only_when_auto_picked_fp32(monkeypatch):
+    from perceiver_vl.bench import matmul
+    from perceiver_vl.demo import DemoSettings
     from perceiver_vl.demo.pipeline import fp32_time_note
 
-    note = fp32_time_note("auto", "fp32", quick=False)
+    monkeypatch.setattr(matmul, "fastest_cpu_precision", lambda: "fp32")  # a CPU without bf16
+    note = fp32_time_note(DemoSettings(), quick=False)
     assert note is not None and "half an hour" in note and "bf16" in note
-    assert fp32_time_note("auto", "bf16", quick=False) is None  # bf16 units: ten minutes
-    assert fp32_time_note("fp32", "fp32", quick=False) is None  # the user asked for fp32
-    assert fp32_time_note("auto", "fp32", quick=True) is None  # the smoke run is short anyway
+    assert fp32_time_note(DemoSettings(precision="fp32"), quick=False) is None  # asked for fp32
+    assert fp32_time_note(DemoSettings.quick(), quick=True) is None  # the smoke run is short
+    monkeypatch.setattr(matmul, "fastest_cpu_precision", lambda: "bf16")  # bf16 units
+    assert fp32_time_note(DemoSettings(), quick=False) is None
 
 
 def test_attribute_agreement_counts_shared_attributes_of_the_top_video():

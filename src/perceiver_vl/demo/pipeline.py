@@ -119,11 +119,12 @@ def _efficiency(settings: DemoSettings, progress: Callable[[str], None]) -> list
 # ----------------------------------------------------------------------------------------------
 # The job
 # ----------------------------------------------------------------------------------------------
-def fp32_time_note(chosen: str, resolved: str, quick: bool) -> str | None:
-    """What the full demo tells a user whose CPU it measured to have no bf16 units (``auto``
-    resolved to fp32): the job takes about three times as long (measured: 541-565 s alone with
-    bf16 units, 2,008 s on an AVX2-only 2-core EPYC). None otherwise."""
-    if chosen != "auto" or resolved != "fp32" or quick:
+def fp32_time_note(settings: DemoSettings, quick: bool) -> str | None:
+    """What the full demo tells a user when ``precision: auto`` finds no bf16 units on this CPU
+    (it then trains in fp32, about three times as long: measured 541-558 s alone with bf16 units,
+    2,008 s on an AVX2-only 2-core EPYC). None otherwise. Call before ``settings.precision``
+    is resolved."""
+    if quick or settings.precision != "auto" or settings.resolved_precision() != "fp32":
         return None
     return (
         "this CPU has no bf16 units (bf16 would be emulated), so the demo trains in fp32: "
@@ -167,10 +168,9 @@ def run_demo(
     pl.seed_everything(seed, workers=True, verbose=False)
     # one arithmetic for training, evaluation and latency: bf16 autocast only where this CPU
     # multiplies bf16 faster than fp32 (emulated bf16 on AVX2-only CPUs is several times slower)
-    chosen = settings.precision
+    note = fp32_time_note(settings, quick)
     settings.precision = precision = settings.resolved_precision()
     log(f"precision: {precision}")
-    note = fp32_time_note(chosen, precision, quick)
     if note:
         log(note)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from perceiver_vl import PerceiverVL, PerceiverVLConfig
-from perceiver_vl.model.modeling import _all_finite
+from perceiver_vl.model.weights import all_finite
 
 from .conftest import SMALL, inputs
 
@@ -40,9 +40,9 @@ def test_finite_values_whose_sum_overflows_are_accepted_and_opposite_infinities_
     assert torch.isinf(huge.sum())
     small_model.encode(video=huge)
     half = torch.ones(70_000, dtype=torch.float16)  # their fp16 sum would overflow to inf
-    assert torch.isinf(half.sum()) and _all_finite(half)
+    assert torch.isinf(half.sum()) and all_finite(half)
     half[7] = float("nan")
-    assert not _all_finite(half)
+    assert not all_finite(half)
     video[0, 0, 0, 0, 0], video[1, 0, 0, 0, 0] = float("inf"), -float("inf")
     with pytest.raises(ValueError, match=r"video holds 2 non-finite values"):
         small_model.encode(video=video)

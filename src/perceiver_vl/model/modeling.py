@@ -20,6 +20,7 @@ from .heads import ClassificationHead, ContrastiveHead, MatchingHead, MLMHead, n
 from .split_attention import AttentionSummary
 from .weights import (
     ConversionReport,
+    all_finite,
     load_official_state,
     load_pretrained_state,
     read_official_checkpoint,
@@ -83,20 +84,8 @@ def _bool_mask(mask: Tensor, name: str, check_values: bool = True) -> Tensor:
     return mask.bool()
 
 
-def _all_finite(tensor: Tensor) -> bool:
-    """Whether every value is finite. One summing pass decides when the sum is finite (a NaN or
-    inf anywhere makes the sum NaN or inf); only a non-finite sum, which finite values can also
-    give by overflowing, is checked value by value. ``isfinite(t).all()`` makes several passes
-    over the tensor, which on a training batch of video is tens of milliseconds. The sum is
-    taken in fp32 (fp64 for fp64 input) so that half-precision frames rarely overflow it."""
-    total = tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32)
-    if bool(torch.isfinite(total)):
-        return True
-    return bool(torch.isfinite(tensor).all())
-
-
-def _check_finite(tensor: Tensor, name: str, mask: Tensor | None = None) -> None:
-    if not _all_finite(tensor):
+def _check_finite(tensor: Tensor, name: str) -> None:
+    if not all_finite(tensor):
         count = int((~torch.isfinite(tensor)).sum())
         raise ValueError(
             f"{name} holds {count} non-finite values (NaN or inf); replace or drop those inputs "

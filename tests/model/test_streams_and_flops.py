@@ -5,6 +5,7 @@ import torch
 
 from perceiver_vl import PerceiverVL, PerceiverVLConfig
 from perceiver_vl.flops import count_flops, count_flops_of
+from perceiver_vl.model import preset
 from perceiver_vl.model.streams import pairwise_single_stream_scores
 
 from ..conftest import make_inputs, tiny_config
@@ -202,6 +203,37 @@ def test_single_stream_scores_equal_one_forward_per_pair(blocks, residual):
         )
     assert torch.isfinite(fast).all()
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_single_stream_chunks_follow_the_activation_budget_and_do_not_change_scores():
+    """The default chunk keeps the MLP's hidden array of a chunk within 8 MiB (fewer pairs for
+    wider models and wider dtypes, at least one), and any chunking gives the same scores."""
+    from perceiver_vl.model.streams import PAIR_CHUNK_BYTES, pair_chunk_size, single_stream_scores
+
+    config = tiny_config()
+    per_pair = config.num_latents * config.mlp_hidden_size
+    assert pair_chunk_size(config) == PAIR_CHUNK_BYTES // (4 * per_pair)
+    assert pair_chunk_size(config, torch.bfloat16) == PAIR_CHUNK_BYTES // (2 * per_pair)
+    assert pair_chunk_size(preset("demo")) == 128
+    assert pair_chunk_size(PerceiverVLConfig()) == 5  # the paper's model
+    assert pair_chunk_size(tiny_config(mlp_ratio=2**16)) == 1
+    model = PerceiverVL(config).eval()
+    video, _, _ = make_inputs(batch=3, frames=2)
+    _, ids, mask = make_inputs(batch=5, length=6, seed=1)
+    mask[1, 2:] = False
+    with torch.no_grad():
+        default = single_stream_scores(model, text_ids=ids, text_mask=mask, video=video)
+        for chunk in (1, 4, 15):
+            torch.testing.assert_close(
+                single_stream_scores(
+                    model, text_ids=ids, text_mask=mask, video=video, chunk_size=chunk
+                ),
+                default,
+                atol=1e-6,
+                rtol=1e-6,
+            )
+    with pytest.raises(ValueError, match="chunk_size"):
+        single_stream_scores(model, text_ids=ids, video=video, chunk_size=0)
 
 
 @pytest.mark.parametrize("aggregation", ["joint", "separate"])

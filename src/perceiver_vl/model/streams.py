@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .config import PerceiverVLConfig
 from .encoder import Context, CrossAttend, LatentEncoder, gather_pair_keys
 from .modeling import PerceiverVL
 from .split_attention import AttentionSummary, merge, summarize
@@ -105,7 +106,7 @@ def single_stream_scores(
     video_mask: Tensor | None = None,
     images: Tensor | None = None,
     cross_attention_layers: Any = None,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """(num_texts, num_visual) single-stream logits for every pair, computed without re-embedding.
 
@@ -120,6 +121,9 @@ def single_stream_scores(
       head.
     Other configurations (training mode, separate aggregation) fall back to
     :func:`pairwise_single_stream_scores`.
+
+    ``chunk_size``: pairs run through the encoder at once; ``None`` (the default) picks
+    :func:`pair_chunk_size` for this model and dtype. The scores do not depend on it.
     """
     encoder = model.encoder
     if model.training or encoder.aggregation != "joint":
@@ -132,7 +136,7 @@ def single_stream_scores(
             images=images,
             cross_attention_layers=cross_attention_layers,
         )
-    if chunk_size <= 0:
+    if chunk_size is not None and chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     visual, _ = model.embed_inputs(video=video, video_mask=video_mask, images=images)
     _, text = model.embed_inputs(text_ids=text_ids, text_mask=text_mask)
@@ -158,6 +162,8 @@ def single_stream_scores(
     summary_v = summarize(block0.attn, h0, *kv_v[first], mask_v)
     summary_t = summarize(block0.attn, h0, *kv_t[first], mask_t)
 
+    if chunk_size is None:
+        chunk_size = pair_chunk_size(model.config, ctx_v.dtype)
     scores = torch.empty(n_text, n_visual, device=ctx_v.device)
     pairs = torch.cartesian_prod(torch.arange(n_text), torch.arange(n_visual))
     for start in range(0, pairs.shape[0], chunk_size):
@@ -174,6 +180,25 @@ def single_stream_scores(
         states = model.decoder(model.decoder.matching_queries(p), latents)
         scores[t_idx, v_idx] = model.matching_head(states[:, 0]).float()
     return scores
+
+
+PAIR_CHUNK_BYTES = 8 << 20
+
+
+def pair_chunk_size(config: PerceiverVLConfig, dtype: torch.dtype = torch.float32) -> int:
+    """How many pairs :func:`single_stream_scores` runs through the encoder at once: as many as
+    keep the widest activation of the latent stack, the MLP's hidden array (pairs x N x
+    MLP width), within :data:`PAIR_CHUNK_BYTES` (8 MiB), so that it is still in the CPU's
+    cache when the next product reads it; at least one.
+
+    Measured on a 2-core AVX2 EPYC, fp32, 2 threads (single-stream scoring of every pair):
+    the demo model (N = 32, MLP width 512; 128 pairs here) 0.67 ms a pair at 64-128 pairs
+    against 0.81 at 256 and 1.0 at 512; the paper's model (N = 128, width 3,072; 5 pairs
+    here) 196-200 ms a pair at 4-12 pairs against 218 at 36 and 233 at 1.
+    """
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    per_pair = config.num_latents * config.mlp_hidden_size * itemsize
+    return max(1, PAIR_CHUNK_BYTES // per_pair)
 
 
 def _paired_cross_attend(
@@ -208,6 +233,7 @@ __all__ = [
     "LATENT_MODES",
     "STREAM_MODES",
     "StreamMode",
+    "pair_chunk_size",
     "pairwise_single_stream_scores",
     "single_stream_scores",
     "stream_mode",

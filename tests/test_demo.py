@@ -75,7 +75,7 @@ def test_full_demo_warns_of_its_fp32_time_only_when_auto_picked_fp32(monkeypatch
 
     monkeypatch.setattr(matmul, "fastest_cpu_precision", lambda: "fp32")  # a CPU without bf16
     note = fp32_time_note(DemoSettings(), quick=False)
-    assert note is not None and "half an hour" in note and "bf16" in note
+    assert note is not None and "15 to 35 minutes" in note and "bf16" in note
     assert fp32_time_note(DemoSettings(precision="fp32"), quick=False) is None  # asked for fp32
     assert fp32_time_note(DemoSettings.quick(), quick=True) is None  # the smoke run is short
     monkeypatch.setattr(matmul, "fastest_cpu_precision", lambda: "bf16")  # bf16 units

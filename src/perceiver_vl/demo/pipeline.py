@@ -121,14 +121,14 @@ def _efficiency(settings: DemoSettings, progress: Callable[[str], None]) -> list
 # ----------------------------------------------------------------------------------------------
 def fp32_time_note(settings: DemoSettings, quick: bool) -> str | None:
     """What the full demo tells a user when ``precision: auto`` finds no bf16 units on this CPU
-    (it then trains in fp32, about three times as long: measured 541-558 s alone with bf16 units,
-    2,008 s on an AVX2-only 2-core EPYC). None otherwise. Call before ``settings.precision``
-    is resolved."""
+    (it then trains in fp32, two to four times as long: measured 541-558 s alone with bf16
+    units, 1,042 s and 2,008 s on two AVX2-only 2-core EPYCs). None otherwise. Call before
+    ``settings.precision`` is resolved."""
     if quick or settings.precision != "auto" or settings.resolved_precision() != "fp32":
         return None
     return (
         "this CPU has no bf16 units (bf16 would be emulated), so the demo trains in fp32: "
-        "expect about half an hour on 2 cores instead of about ten minutes"
+        "expect 15 to 35 minutes on 2 cores instead of about ten minutes"
     )
 
 

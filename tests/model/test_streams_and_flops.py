@@ -205,9 +205,13 @@ def test_single_stream_scores_equal_one_forward_per_pair(blocks, residual):
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
 
 
-def test_single_stream_chunks_follow_the_activation_budget_and_do_not_change_scores():
+def test_single_stream_chunks_follow_the_activation_budget_and_do_not_change_scores(
+    monkeypatch,
+):
     """The default chunk keeps the MLP's hidden array of a chunk within 8 MiB (fewer pairs for
-    wider models and wider dtypes, at least one), and any chunking gives the same scores."""
+    wider models and wider dtypes, at least one; under autocast, in the autocast dtype), and
+    any chunking gives the same scores."""
+    from perceiver_vl.model import streams
     from perceiver_vl.model.streams import PAIR_CHUNK_BYTES, pair_chunk_size, single_stream_scores
 
     config = tiny_config()
@@ -234,6 +238,17 @@ def test_single_stream_chunks_follow_the_activation_budget_and_do_not_change_sco
             )
     with pytest.raises(ValueError, match="chunk_size"):
         single_stream_scores(model, text_ids=ids, video=video, chunk_size=0)
+    asked = []
+    monkeypatch.setattr(
+        streams,
+        "pair_chunk_size",
+        lambda config, dtype: asked.append(dtype) or pair_chunk_size(config, dtype),
+    )
+    with torch.no_grad():
+        single_stream_scores(model, text_ids=ids, video=video)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            single_stream_scores(model, text_ids=ids, video=video)
+    assert asked == [torch.float32, torch.bfloat16]
 
 
 @pytest.mark.parametrize("aggregation", ["joint", "separate"])

@@ -123,7 +123,8 @@ def single_stream_scores(
     :func:`pairwise_single_stream_scores`.
 
     ``chunk_size``: pairs run through the encoder at once; ``None`` (the default) picks
-    :func:`pair_chunk_size` for this model and dtype. The scores do not depend on it.
+    :func:`pair_chunk_size` for this model and the dtype it computes in (the autocast dtype
+    under autocast). The scores do not depend on it.
     """
     encoder = model.encoder
     if model.training or encoder.aggregation != "joint":
@@ -162,7 +163,7 @@ def single_stream_scores(
     summary_v = summarize(block0.attn, h0, *kv_v[first], mask_v)
     summary_t = summarize(block0.attn, h0, *kv_t[first], mask_t)
 
-    if chunk_size is None:
+    if chunk_size is None:  # the input arrays' dtype: the autocast dtype under autocast
         chunk_size = pair_chunk_size(model.config, ctx_v.dtype)
     scores = torch.empty(n_text, n_visual, device=ctx_v.device)
     pairs = torch.cartesian_prod(torch.arange(n_text), torch.arange(n_visual))

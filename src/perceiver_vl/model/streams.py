@@ -192,10 +192,10 @@ def pair_chunk_size(config: PerceiverVLConfig, dtype: torch.dtype = torch.float3
     MLP width), within :data:`PAIR_CHUNK_BYTES` (8 MiB), so that it is still in the CPU's
     cache when the next product reads it; at least one.
 
-    Measured on a 2-core AVX2 EPYC, fp32, 2 threads (single-stream scoring of every pair):
-    the demo model (N = 32, MLP width 512; 128 pairs here) 0.67 ms a pair at 64-128 pairs
-    against 0.81 at 256 and 1.0 at 512; the paper's model (N = 128, width 3,072; 5 pairs
-    here) 196-200 ms a pair at 4-12 pairs against 218 at 36 and 233 at 1.
+    Measured on a 2-core AVX2 EPYC, fp32, 2 threads: the paper's model (N = 128, MLP width
+    3,072; 5 pairs here) scored 16 x 16 pairs in 52.5 s at 1.85 GB peak RSS against 62.9 s
+    and 4.89 GB at 256 pairs; for the demo model (N = 32, width 512; 128 pairs here) the gain
+    ranged from none to 20 % with the layout of the pairs (docs/performance.md).
     """
     itemsize = torch.empty(0, dtype=dtype).element_size()
     per_pair = config.num_latents * config.mlp_hidden_size * itemsize

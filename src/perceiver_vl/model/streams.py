@@ -194,8 +194,8 @@ def pair_chunk_size(config: PerceiverVLConfig, dtype: torch.dtype = torch.float3
 
     Measured on a 2-core AVX2 EPYC, fp32, 2 threads: the paper's model (N = 128, MLP width
     3,072; 5 pairs here) scored 16 x 16 pairs in 52.5 s at 1.85 GB peak RSS against 62.9 s
-    and 4.89 GB at 256 pairs; for the demo model (N = 32, width 512; 128 pairs here) the gain
-    ranged from none to 20 % with the layout of the pairs (docs/performance.md).
+    and 4.89 GB at 256 pairs; for the demo model (N = 32, width 512; 128 pairs here) from
+    no gain to 17 % less time, by the layout of the pairs (docs/performance.md).
     """
     itemsize = torch.empty(0, dtype=dtype).element_size()
     per_pair = config.num_latents * config.mlp_hidden_size * itemsize

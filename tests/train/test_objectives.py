@@ -159,6 +159,40 @@ def test_module_objectives_give_finite_losses_and_gradients(objectives, extra):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
 
+def test_retrieval_stream_weights_make_a_weighted_mean_of_the_streams_losses():
+    module = PerceiverVLModule(
+        model=dict(TINY_MODEL),
+        objectives=["retrieval"],
+        retrieval_stream=["single", "mixed"],
+        retrieval_negatives=2,
+        retrieval_stream_weights={"single": 3.0},
+    )
+    assert module.options.objective.retrieval_stream_weights == {"single": 3.0, "mixed": 1.0}
+    losses, stats = module.compute_losses(_batch(), 3, torch.Generator().manual_seed(0))
+    single, mixed = stats["retrieval_single_loss"], stats["retrieval_mixed_loss"]
+    assert float(single) != pytest.approx(float(mixed), rel=1e-3)  # the weights matter
+    assert losses["retrieval"].item() == pytest.approx(float(3 * single + mixed) / 4, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ({"single": 2.0}, "does not train"),  # only the mixed stream trains
+        ({"mixed": 0.0}, "finite number > 0"),
+        ({"mixed": float("nan")}, "finite number > 0"),
+        ({"mixed": True}, "finite number > 0"),
+    ],
+)
+def test_retrieval_stream_weights_refuse_what_cannot_be_a_weight(weights, message):
+    with pytest.raises(ValueError, match=message):
+        PerceiverVLModule(
+            model=dict(TINY_MODEL),
+            objectives=["retrieval"],
+            retrieval_stream="mixed",
+            retrieval_stream_weights=weights,
+        )
+
+
 def test_in_batch_retrieval_is_cross_entropy_over_every_pair_of_the_batch():
     """retrieval_negatives='all': each query's mixed-stream logits against every item of the
     batch (the aligned-pair decoder call on each pair), same-caption items excluded."""

@@ -68,6 +68,8 @@ class DemoSettings:
             the mixed stream with every other video of the batch as a negative (the factorised
             scorer makes 63 cost little more than 7), the single stream with
             ``single_stream_negatives`` (each costs a joint encoding).
+        retrieval_stream_weights: the streams' weights in the retrieval loss (a weighted
+            mean; ``None``: equal).
         mixed_stream_negatives: the mixed stream's negatives per caption: ``"all"`` (every
             other video of the batch) or k.
         single_stream_negatives / hard_negative_fraction: k negatives per caption of the single
@@ -108,6 +110,7 @@ class DemoSettings:
     finetune_lr: float = 1e-3
     finetune_objectives: tuple[str, ...] = ("retrieval", "contrastive")
     retrieval_streams: tuple[str, ...] = ("single", "mixed")
+    retrieval_stream_weights: dict[str, float] | None = None
     mixed_stream_negatives: int | str = "all"
     single_stream_negatives: int = 3
     single_stream_queries: int | None = None
@@ -344,6 +347,7 @@ def finetune_model(
         model=overrides if pretrained_dir is not None else {**settings.model, **overrides},
         objectives=list(settings.finetune_objectives),
         retrieval_stream=list(settings.retrieval_streams),
+        retrieval_stream_weights=settings.retrieval_stream_weights,
         retrieval_negatives=settings.mixed_stream_negatives,
         single_stream_negatives=settings.single_stream_negatives,
         single_stream_queries=settings.single_stream_queries,

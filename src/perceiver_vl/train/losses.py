@@ -117,7 +117,10 @@ class ObjectiveLosses:
                     )
                     for stream in self.retrieval_streams
                 }
-                losses["retrieval"] = sum(loss for loss, _ in per_stream.values()) / len(per_stream)
+                weights = self.objective.retrieval_stream_weights
+                losses["retrieval"] = sum(
+                    weights[stream] * loss for stream, (loss, _) in per_stream.items()
+                ) / sum(weights.values())
                 stats["retrieval_acc"] = sum(acc for _, acc in per_stream.values()) / len(
                     per_stream
                 )

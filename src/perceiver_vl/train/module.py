@@ -59,6 +59,8 @@ class PerceiverVLModule(pl.LightningModule):
         matching_text: ``clean`` (matching and MLM in separate passes) or ``corrupted`` (one).
         mlm_on_negatives: with ``matching_text: corrupted``, MLM also on mismatched pairs.
         retrieval_stream: ``mixed``, ``single`` or a list of both.
+        retrieval_stream_weights: each stream's weight in the retrieval loss (a weighted mean;
+            default equal).
         retrieval_negatives: k negatives per query, or ``all`` (mixed stream).
         single_stream_negatives: the single stream's k when both streams train.
         single_stream_queries: queries per batch the single stream scores (None: all).
@@ -106,6 +108,7 @@ class PerceiverVLModule(pl.LightningModule):
         matching_text: Literal["clean", "corrupted"] = "clean",
         mlm_on_negatives: bool = False,
         retrieval_stream: Literal["mixed", "single"] | Sequence[str] = "mixed",
+        retrieval_stream_weights: dict[str, float] | None = None,
         retrieval_negatives: int | Literal["all"] = 7,
         single_stream_negatives: int | None = None,
         single_stream_queries: int | None = None,

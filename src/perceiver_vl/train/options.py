@@ -11,6 +11,7 @@ spells it (``model.<name>``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -63,7 +64,11 @@ class ObjectiveOptions:
             work), matching on the MLM-corrupted text and masked LM on the matched pairs.
         mlm_on_negatives: with ``matching_text: corrupted``, masked LM also on mismatched pairs.
         retrieval_stream: ``mixed``, ``single`` or a list of both (the cross-entropies are
-            averaged).
+            averaged, weighted by ``retrieval_stream_weights``).
+        retrieval_stream_weights: with both streams, each stream's weight in the retrieval
+            loss, e.g. ``{single: 2}``: the loss is ``sum(w_s * loss_s) / sum(w_s)``, so its
+            scale against the other objectives stays; a stream not named weighs 1 (default:
+            equal weights, the plain average).
         retrieval_negatives: k negatives per query, or ``"all"``: every other item of the batch
             (mixed stream only, scored by the factorised mixed-stream scorer).
         single_stream_negatives: the single stream's k when both streams train (default:
@@ -85,6 +90,7 @@ class ObjectiveOptions:
     matching_text: Literal["clean", "corrupted"] = "clean"
     mlm_on_negatives: bool = False
     retrieval_stream: str | Sequence[str] = StreamMode.MIXED
+    retrieval_stream_weights: Mapping[str, float] | None = None
     retrieval_negatives: int | Literal["all"] = 7
     single_stream_negatives: int | None = None
     single_stream_queries: int | None = None
@@ -124,6 +130,24 @@ class ObjectiveOptions:
             raise ValueError(
                 f"model.retrieval_stream={stream!r} must be 'mixed', 'single' or a list of both"
             )
+        stream_weights = dict(self.retrieval_stream_weights or {})
+        extra = sorted(set(stream_weights) - set(streams))
+        if extra:
+            raise ValueError(
+                f"model.retrieval_stream_weights names {extra}, which model.retrieval_stream="
+                f"{streams} does not train; weigh only {streams}"
+            )
+        for name, weight in stream_weights.items():
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, (int, float))
+                or not (math.isfinite(weight) and weight > 0)
+            ):
+                raise ValueError(
+                    f"model.retrieval_stream_weights[{name!r}]={weight!r} must be a finite "
+                    "number > 0 (leave a stream out of retrieval_stream to drop it)"
+                )
+        self.retrieval_stream_weights = {s: float(stream_weights.get(s, 1.0)) for s in streams}
         self.retrieval_directions = tuple(self.retrieval_directions)
         if set(self.retrieval_directions) - {"t2v", "v2t"} or not self.retrieval_directions:
             raise ValueError(

@@ -47,7 +47,8 @@ class DemoSettings:
             options are ours, not the paper's (both off in the library's defaults):
             ``frame_difference`` (each patch's change from the previous frame is added to its
             token) and ``visual_position_init_std`` 0.2 (so "where" and "when" are visible to a
-            model trained from scratch); docs/analyses.md has the probes behind them.
+            model trained from scratch); without them the demo's model learns almost no
+            motion (docs/analyses.md, "The two input options against the paper's input").
         batch_size: training batch size (both stages).
         pretrain_steps / pretrain_lr: stage 1, matching + masked LM with ``model["layerdrop"]``.
         mlm_probability: share of caption tokens masked for masked LM (the paper: 0.15). The

@@ -267,7 +267,8 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         f"{training['finetune']['steps']} steps",
         f"- beyond the paper (ours): {'; '.join(ours) if ours else 'nothing'}",
         "- the paper-only settings beside these, measured on the validation split: "
-        'docs/analyses.md, "The paper\'s method on the demo benchmark"',
+        'docs/analyses.md, "The paper\'s method on the demo benchmark" (the input options: '
+        '"The two input options against the paper\'s input")',
         "",
         "| stage | seconds |",
         "|---|---|",

@@ -52,6 +52,15 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
     )
     for stream in ("single", "mixed"):
         assert f"train/retrieval_{stream}_loss" in training["finetune"]["final"]
+    # stream weights, when a recipe sets them, are named beside each stream's negatives
+    from perceiver_vl.demo.report import write_report
+
+    weighted = dict(
+        metrics, settings={**metrics["settings"], "retrieval_stream_weights": {"single": 2.0}}
+    )
+    (tmp_path / "weighted").mkdir()
+    text = write_report(weighted, tmp_path / "weighted").read_text()
+    assert "single: 3 negatives, weight 2; mixed: the batch's other videos; t2v" in text
     assert metrics["eval_split"] == "test" and "held-out test captions" in report
     frames = sorted({r["frames"] for r in metrics["efficiency"]})
     assert frames == [8, 16, 32]

@@ -219,7 +219,11 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         else f"{settings['mixed_stream_negatives']} negatives",
         "single": f"{settings['single_stream_negatives']} negatives",
     }
-    retrieval = "; ".join(f"{s}: {negatives[s]}" for s in streams)
+    weights = settings.get("retrieval_stream_weights") or {}
+    retrieval = "; ".join(
+        f"{s}: {negatives[s]}" + (f", weight {weights[s]:g}" if s in weights else "")
+        for s in streams
+    )
     lines = [
         "# perceiver-vl demo report",
         "",

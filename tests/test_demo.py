@@ -186,6 +186,30 @@ def test_eval_split_val_reads_the_validation_split_not_the_test_split(tmp_path):
         run_demo(tmp_path / "bad", settings=settings, progress=False, log=lambda _: None)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("retrieval_stream_weights", {"single": -1.0}, "retrieval_stream_weights"),
+        ("retrieval_streams", ("joint",), "retrieval_stream"),
+        ("hard_negative_fraction", 1.5, "hard_negative_fraction"),
+    ],
+)
+def test_demo_settings_refuse_bad_training_options_before_any_stage_runs(
+    tmp_path, field, value, message
+):
+    """A bad stage option is refused when the settings are made, and by run_demo before it
+    generates data or trains (not when the fine-tuning stage finally builds its module)."""
+    from perceiver_vl.demo import DemoSettings, run_demo
+
+    with pytest.raises(ValueError, match=f"fine-tuning stage's options.*{message}"):
+        DemoSettings(**{**DemoSettings.quick().to_dict(), field: value})
+    settings = DemoSettings.quick()
+    setattr(settings, field, value)
+    with pytest.raises(ValueError, match=message):
+        run_demo(tmp_path / "bad", settings=settings, progress=False, log=lambda _: None)
+    assert not (tmp_path / "bad" / "data").exists()  # refused before the data stage
+
+
 def test_demo_index_is_rebuilt_for_a_new_model(tmp_path, synthetic_root):
     """A second demo run in the same folder trains a different model; its index must not be
     refused as belonging to the first run's model."""

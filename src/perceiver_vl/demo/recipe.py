@@ -137,6 +137,18 @@ class DemoSettings:
             raise ValueError(
                 f"DemoSettings.precision={self.precision!r} must be 'auto', 'bf16' or 'fp32'"
             )
+        # the stages' training options, checked now rather than when each stage starts (a bad
+        # fine-tuning option would otherwise surface after the whole pretraining)
+        from perceiver_vl.train.options import TrainingOptions
+
+        for stage, options in (
+            ("pretraining", pretrain_options(self)),
+            ("fine-tuning", finetune_options(self)),
+        ):
+            try:
+                TrainingOptions.from_flat(**options)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"DemoSettings: the {stage} stage's options: {err}") from err
 
     def resolved_precision(self) -> str:
         """``precision``, with ``auto`` replaced by what this CPU runs fastest
@@ -199,6 +211,35 @@ def cpu_trainer(out: Path, stage: str, steps: int, progress: bool, precision: st
         limit_val_batches=0,
         log_every_n_steps=10,
         default_root_dir=str(out),
+    )
+
+
+def pretrain_options(settings: DemoSettings) -> dict[str, Any]:
+    """Stage 1's training-module options (besides the model and the seed)."""
+    return dict(
+        objectives=["matching", "mlm"],
+        loss_weights={"matching": settings.pretrain_matching_weight},
+        lr=settings.pretrain_lr,
+        warmup=0.1,
+    )
+
+
+def finetune_options(settings: DemoSettings) -> dict[str, Any]:
+    """Stage 2's training-module options (besides the model and the seed)."""
+    return dict(
+        objectives=list(settings.finetune_objectives),
+        retrieval_stream=list(settings.retrieval_streams),
+        retrieval_stream_weights=settings.retrieval_stream_weights,
+        retrieval_negatives=settings.mixed_stream_negatives,
+        single_stream_negatives=settings.single_stream_negatives,
+        single_stream_queries=settings.single_stream_queries,
+        hard_negatives=(
+            "single" in settings.retrieval_streams or settings.mixed_stream_negatives != "all"
+        ),
+        hard_negative_fraction=settings.hard_negative_fraction,
+        retrieval_directions=list(settings.retrieval_directions),
+        lr=settings.finetune_lr,
+        warmup=0.1,
     )
 
 
@@ -306,11 +347,8 @@ def pretrain_model(
 
     module = PerceiverVLModule(
         model={**settings.model, **(model_overrides or {})},
-        objectives=["matching", "mlm"],
-        loss_weights={"matching": settings.pretrain_matching_weight},
-        lr=settings.pretrain_lr,
-        warmup=0.1,
         seed=seed,
+        **pretrain_options(settings),
     )
     metrics = train_stage(
         module,
@@ -346,20 +384,8 @@ def finetune_model(
     module = PerceiverVLModule(
         pretrained=None if pretrained_dir is None else str(pretrained_dir),
         model=overrides if pretrained_dir is not None else {**settings.model, **overrides},
-        objectives=list(settings.finetune_objectives),
-        retrieval_stream=list(settings.retrieval_streams),
-        retrieval_stream_weights=settings.retrieval_stream_weights,
-        retrieval_negatives=settings.mixed_stream_negatives,
-        single_stream_negatives=settings.single_stream_negatives,
-        single_stream_queries=settings.single_stream_queries,
-        hard_negatives=(
-            "single" in settings.retrieval_streams or settings.mixed_stream_negatives != "all"
-        ),
-        hard_negative_fraction=settings.hard_negative_fraction,
-        retrieval_directions=list(settings.retrieval_directions),
-        lr=settings.finetune_lr,
-        warmup=0.1,
         seed=seed,
+        **finetune_options(settings),
     )
     metrics = train_stage(
         module,

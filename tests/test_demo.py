@@ -20,6 +20,9 @@ def test_demo_quick_writes_report_metrics_plots_and_model(tmp_path, capsys):
     assert metrics["chance_r1"] == pytest.approx(100 / metrics["num_test_pairs"])
     assert metrics["precision"] in ("bf16", "fp32")  # "auto" resolved by measuring this CPU
     assert f"{metrics['precision']} arithmetic" in (out / "report.md").read_text()
+    # the command set the C allocator up (glibc) or says why not; the report names it
+    assert metrics["machine"]["allocator"] in (out / "report.md").read_text()
+    assert "not asked" not in metrics["machine"]["allocator"]
     assert set(metrics["layerdrop"]) == {"all", "first"}
     assert metrics["layerdrop"]["first"]["cross_attention_layers"] == [0]
     for mode in ("multi", "mixed"):

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+from perceiver_vl.allocator import COMMANDS, keep_freed_memory
 from perceiver_vl.errors import debug_requested, user_errors
 
 # name -> (module, one-line help). Modules are imported only when their subcommand runs, so
@@ -75,6 +76,7 @@ def _dispatch(parser: argparse.ArgumentParser, command: str, rest: list[str]) ->
     if command in LIGHTNING_SUBCOMMANDS:
         from perceiver_vl.train.cli import lightning_main
 
+        _prepare_process(command)
         return lightning_main([command, *rest]) or 0
     if command not in SUBCOMMANDS:
         parser.error(f"unknown command {command!r}; run `perceiver-vl --help` for the list")
@@ -94,9 +96,17 @@ def _dispatch(parser: argparse.ArgumentParser, command: str, rest: list[str]) ->
     else:
         module.add_arguments(sub)
     args = sub.parse_args(rest)
+    _prepare_process(command)
     runner = getattr(module, "run_for", None)
     result = runner(command, args) if runner else module.run(args)
     return int(result or 0)
+
+
+def _prepare_process(command: str) -> None:
+    """Process-wide settings a command runs with: the training and batch-encoding commands keep
+    freed memory in the C allocator (:mod:`perceiver_vl.allocator`)."""
+    if command in COMMANDS:
+        keep_freed_memory()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from perceiver_vl.allocator import current_setting
 from perceiver_vl.bench.measure import pair_latency_ms
 from perceiver_vl.fileio import atomic_write_json
 from perceiver_vl.model.streams import STREAM_MODES as MODES
@@ -64,6 +65,7 @@ def machine_description() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
+        "allocator": current_setting(),
     }
 
 

@@ -231,7 +231,9 @@ def write_report(metrics: dict[str, Any], out: Path) -> Path:
         f"{metrics['num_test_pairs']} held-out {split} captions, each unique, each with its own video. "
         f"Total wall time {metrics['total_seconds']:.0f} s on {machine['cores']} CPU cores "
         f"({machine['cpu']}, torch {machine['torch']}, {machine['torch_threads']} threads, "
-        f"{metrics.get('precision', 'bf16')} arithmetic).",
+        f"{metrics.get('precision', 'bf16')} arithmetic"
+        + (f"; {machine['allocator']}" if machine.get("allocator") else "")
+        + ").",
         "",
         "## Retrieval (recalls in %, ranks 1-based; time includes encoding)",
         "",

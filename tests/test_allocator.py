@@ -79,6 +79,11 @@ def test_the_users_own_allocator_choice_is_left_alone(environ, named):
     assert named in setting.reason
 
 
+def test_an_unknown_choice_is_refused_with_the_variable_named():
+    with pytest.raises(ValueError, match=f"{OPT_OUT_VARIABLE}='jemalloc'.*'system'"):
+        keep_freed_memory({OPT_OUT_VARIABLE: "jemalloc"})
+
+
 def test_training_and_encoding_commands_set_it_and_the_service_does_not(monkeypatch):
     calls = []
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(True))

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 #: The ``perceiver-vl`` commands that call :func:`keep_freed_memory` before they run.
 COMMANDS = frozenset({"fit", "validate", "test", "demo", "evaluate", "index", "analyze"})
 
-#: Environment variable: ``system`` leaves the C allocator as it is.
+#: Environment variable: ``system`` leaves the C allocator as it is, ``keep`` (or unset) is the
+#: default.
 OPT_OUT_VARIABLE = "PERCEIVER_VL_ALLOCATOR"
+_CHOICES = ("keep", "system")
 
 # glibc's mallopt parameter numbers (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -76,7 +78,8 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> AllocatorSett
     """Make glibc keep freed memory in the heap for reuse (see the module docstring).
 
     ``environ`` (default ``os.environ``) is where the opt-out and the user's own allocator
-    settings are looked up. Safe to call more than once; never raises.
+    settings are looked up. Safe to call more than once. Raises ``ValueError`` when
+    ``PERCEIVER_VL_ALLOCATOR`` holds anything but ``keep`` or ``system``.
     """
     global _last
     _last = _decide(os.environ if environ is None else environ)
@@ -84,7 +87,13 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> AllocatorSett
 
 
 def _decide(env: Mapping[str, str]) -> AllocatorSetting:
-    if env.get(OPT_OUT_VARIABLE, "").strip().lower() == "system":
+    choice = env.get(OPT_OUT_VARIABLE, "").strip().lower() or "keep"
+    if choice not in _CHOICES:
+        raise ValueError(
+            f"{OPT_OUT_VARIABLE}={env[OPT_OUT_VARIABLE]!r} is not a choice: set it to 'system' "
+            "to leave the C allocator as it is, or 'keep' (the default) to keep freed memory"
+        )
+    if choice == "system":
         return AllocatorSetting(False, f"C allocator left as it is ({OPT_OUT_VARIABLE}=system)")
     preload = env.get("LD_PRELOAD", "")
     if any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")):

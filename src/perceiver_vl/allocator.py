@@ -62,9 +62,6 @@ class AllocatorSetting:
     applied: bool
     reason: str
 
-    def __str__(self) -> str:
-        return self.reason
-
 
 _last: AllocatorSetting | None = None
 
@@ -111,7 +108,8 @@ def _decide(env: Mapping[str, str]) -> AllocatorSetting:
     if not ok:
         return AllocatorSetting(False, "C allocator left as it is (glibc refused mallopt)")
     return AllocatorSetting(
-        True, "glibc keeps freed memory for reuse (mmap threshold 1 GiB, no trimming below 2 GiB)"
+        True,
+        "glibc keeps freed memory for reuse: mmap threshold 1 GiB, heap not trimmed below 2 GiB",
     )
 
 

@@ -1,0 +1,358 @@
+"""The GPU benchmark of issue 20 (item 5): one prepared run for a lent GPU.
+
+    python scripts/gpu_bench.py [--device cuda] [--frames 8,32] [--batches 1,64]
+        [--dtypes fp16,bf16,fp32] [--models perceiver-vl,joint] [--warmup 3] [--repeats 20]
+        [--budget-s 20] [--tf32] [--json gpu.json] [--markdown gpu.md] [--tiny]
+
+Every combination of model, precision, frame count and batch is one row:
+
+- **Configuration**: the paper's (384x384 frames, 40 text tokens, N = 128 latents, all three
+  cross-attention blocks; ``PerceiverVLConfig()`` with ``max_frames`` the largest frame count)
+  for Perceiver-VL, and the joint ViLT-style baseline of ``perceiver_vl.bench`` on the same
+  input. Randomly initialised, eval mode, ``torch.inference_mode``, the vision-text matching
+  forward of aligned (video, caption) pairs; Perceiver-VL under ``model.trusted_inputs()`` (no
+  host synchronisation on input checks). ``fp16`` / ``bf16``: weights and frames cast to that
+  dtype (no autocast); ``fp32``: TF32 off (torch's default for matrix products) unless
+  ``--tf32``.
+- **Latency**: ``--warmup`` untimed calls, then timed calls (each bracketed by CUDA events and
+  synchronised; wall clock on the CPU) until ``--repeats`` calls or ``--budget-s`` seconds;
+  median, p10 and p90 in ms, and samples/s = batch / median.
+- **Peak memory**: ``torch.cuda.max_memory_allocated`` during one call minus what was allocated
+  before it (so weights and inputs are excluded), MiB; not measured on the CPU.
+- **FLOPs**: counted once per (model, frames) at batch 1 by ``perceiver_vl.flops`` on the CPU
+  (math attention kernel), times the batch; achieved TFLOP/s = FLOPs / median.
+
+A case that runs out of GPU memory is recorded with that status and the run goes on. The
+output is a markdown table (stdout, and ``--markdown``) and the rows with the environment
+(GPU name, torch and CUDA versions) as JSON (``--json``). ``--tiny`` swaps in the unit tests'
+``tiny`` model preset so the script itself can be exercised on a CPU in seconds
+(``tests/bench/test_gpu_bench_script.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "src") not in sys.path:
+    sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+
+from perceiver_vl.bench.baseline import JointTransformer  # noqa: E402
+from perceiver_vl.flops import count_flops, count_flops_of  # noqa: E402
+from perceiver_vl.model import PerceiverVL, PerceiverVLConfig  # noqa: E402
+from perceiver_vl.model.presets import preset  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODELS = ("perceiver-vl", "joint")
+TEXT_LENGTH = 40
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from err
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _names(allowed: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [n for n in names if n not in allowed]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: choose from {', '.join(allowed)} (comma-separated)"
+            )
+        return names
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    parser.add_argument("--frames", type=_ints, default=[8, 32], help="frame counts (8,32)")
+    parser.add_argument("--batches", type=_ints, default=[1, 64], help="batch sizes (1,64)")
+    parser.add_argument(
+        "--dtypes",
+        type=_names(list(DTYPES)),
+        default=["fp16", "bf16", "fp32"],
+        help="precisions (fp16,bf16,fp32)",
+    )
+    parser.add_argument(
+        "--models",
+        type=_names(MODELS),
+        default=list(MODELS),
+        help="perceiver-vl and/or joint (both)",
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per case (3)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls at most (20)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=20.0,
+        help="stop timing a case after this many seconds of timed calls (20; at least 3 calls)",
+    )
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 in fp32 matrix products")
+    parser.add_argument("--json", type=Path, default=None, help="write rows + environment here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the tests' tiny model preset instead of the paper configuration (smoke runs)",
+    )
+    args = parser.parse_args(argv)
+    if args.warmup < 0 or args.repeats < 1 or args.budget_s <= 0:
+        parser.error("--warmup must be >= 0, --repeats >= 1 and --budget-s > 0")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"--device {args.device}: this machine has no CUDA GPU that torch can use "
+            f"(torch {torch.__version__}); run it on a GPU machine, or pass --device cpu"
+        )
+    if device.type not in ("cuda", "cpu"):
+        parser.error(f"--device {args.device}: use cuda, cuda:N or cpu")
+    return args
+
+
+def base_config(frames: list[int], tiny: bool) -> PerceiverVLConfig:
+    """The paper configuration (or the ``tiny`` preset) with room for the longest clip."""
+    if tiny:
+        return preset("tiny", max_frames=max(frames), max_text_length=TEXT_LENGTH)
+    return PerceiverVLConfig(max_frames=max(frames))
+
+
+def make_inputs(config: PerceiverVLConfig, frames: int, batch: int) -> dict[str, torch.Tensor]:
+    """Seeded CPU inputs: frames in [-1, 1], token ids starting with [CLS], all-True mask."""
+    g = torch.Generator().manual_seed(frames * 1000 + batch)
+    size = config.image_size
+    video = torch.rand(batch, frames, 3, size, size, generator=g) * 2 - 1
+    ids = torch.randint(1, config.vocab_size, (batch, TEXT_LENGTH), generator=g)
+    ids[:, 0] = min(101, config.vocab_size - 1)
+    return {"video": video, "text_ids": ids, "text_mask": torch.ones_like(ids, dtype=torch.bool)}
+
+
+def build(name: str, config: PerceiverVLConfig) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = PerceiverVL(config) if name == "perceiver-vl" else JointTransformer(config)
+    return model.eval()
+
+
+def forward_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Callable[[], Any]:
+    if isinstance(model, PerceiverVL):
+        layers = list(range(len(model.config.cross_attention_before_layers)))
+
+        def call() -> Any:
+            with model.trusted_inputs():
+                return model(**inputs, cross_attention_layers=layers)
+
+        return call
+    return lambda: model(**inputs)
+
+
+def flops_per_sample(name: str, config: PerceiverVLConfig, frames: int) -> int:
+    """FLOPs of one sample's forward (fp32, CPU, math attention)."""
+    model = build(name, config)
+    inputs = make_inputs(config, frames, 1)
+    if name == "joint":
+        return count_flops(model, **inputs)
+    return count_flops_of(forward_call(model, inputs))
+
+
+def time_calls(
+    fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, budget_s: float
+) -> list[float]:
+    """Milliseconds of each timed call (CUDA events on a GPU, wall clock on the CPU)."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < repeats and (len(times) < 3 or spent < budget_s):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            ms = start.elapsed_time(end)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            ms = (time.perf_counter() - t0) * 1e3
+        times.append(ms)
+        spent += ms / 1e3
+    return times
+
+
+def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Most memory allocated during one call beyond what was allocated before it (GPU only)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    result = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    del result
+    return (peak - before) / 2**20
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _is_oom(err: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(err, oom)) or "out of memory" in str(err).lower()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+    torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+    config = base_config(args.frames, args.tiny)
+    flops = {
+        (name, frames): flops_per_sample(name, config, frames)
+        for name in args.models
+        for frames in args.frames
+    }
+    rows: list[dict[str, Any]] = []
+    for name in args.models:
+        for dtype in args.dtypes:
+            model = build(name, config).to(device=device, dtype=DTYPES[dtype])
+            for frames in args.frames:
+                for batch in args.batches:
+                    row: dict[str, Any] = {
+                        "model": name,
+                        "dtype": dtype,
+                        "frames": frames,
+                        "batch": batch,
+                        "gflops": flops[(name, frames)] * batch / 1e9,
+                        "status": "ok",
+                    }
+                    try:
+                        inputs = make_inputs(config, frames, batch)
+                        inputs = {
+                            k: v.to(device=device, dtype=DTYPES[dtype])
+                            if v.is_floating_point()
+                            else v.to(device)
+                            for k, v in inputs.items()
+                        }
+                        call = forward_call(model, inputs)
+                        with torch.inference_mode():
+                            times = time_calls(
+                                call, device, args.warmup, args.repeats, args.budget_s
+                            )
+                            row["peak_mem_mib"] = peak_memory_mib(call, device)
+                        median = statistics.median(times)
+                        row.update(
+                            latency_ms_median=median,
+                            latency_ms_p10=percentile(times, 10),
+                            latency_ms_p90=percentile(times, 90),
+                            repeats=len(times),
+                            samples_per_s=batch / (median / 1e3),
+                            tflops_per_s=row["gflops"] / median,  # GFLOP / ms = TFLOP/s
+                        )
+                    except (RuntimeError, MemoryError) as err:
+                        if not _is_oom(err):
+                            raise
+                        row["status"] = "out of memory"
+                        inputs = call = None  # type: ignore[assignment]
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                    rows.append(row)
+                    print(_line(row), flush=True)
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return {"environment": environment(device, args), "rows": rows}
+
+
+def environment(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "tf32": bool(args.tf32),
+        "configuration": "tiny preset" if args.tiny else "paper (384x384, 40 tokens, N=128)",
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+        env["gpu_memory_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
+    return env
+
+
+def _line(row: dict[str, Any]) -> str:
+    if row["status"] != "ok":
+        return (
+            f"{row['model']} {row['dtype']} {row['frames']}f batch {row['batch']}: {row['status']}"
+        )
+    mem = "" if row["peak_mem_mib"] is None else f", peak {row['peak_mem_mib']:.0f} MiB"
+    return (
+        f"{row['model']} {row['dtype']} {row['frames']}f batch {row['batch']}: "
+        f"{row['latency_ms_median']:.2f} ms, {row['samples_per_s']:.1f} samples/s, "
+        f"{row['tflops_per_s']:.3g} TFLOP/s{mem}"
+    )
+
+
+def markdown(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    head = (
+        f"{env.get('gpu', env['device'])}, torch {env['torch']}"
+        + (f", CUDA {env['cuda']}" if env.get("cuda") else "")
+        + f", {env['configuration']}, TF32 {'on' if env['tf32'] else 'off'}\n\n"
+    )
+    lines = [
+        "| model | dtype | frames | batch | median ms (p10-p90) | samples/s | TFLOP/s | peak MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        if r["status"] != "ok":
+            lines.append(
+                f"| {r['model']} | {r['dtype']} | {r['frames']} | {r['batch']} | {r['status']} "
+                "| | | |"
+            )
+            continue
+        mem = "–" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:,.0f}"
+        lines.append(
+            f"| {r['model']} | {r['dtype']} | {r['frames']} | {r['batch']} | "
+            f"{r['latency_ms_median']:.2f} ({r['latency_ms_p10']:.2f}-{r['latency_ms_p90']:.2f}) | "
+            f"{r['samples_per_s']:,.1f} | {r['tflops_per_s']:.3g} | {mem} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    table = markdown(result)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.markdown:
+        args.markdown.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,8 @@ Every combination of model, precision, frame count and batch is one row:
   median, p10 and p90 in ms, and samples/s = batch / median.
 - **Peak memory**: ``torch.cuda.max_memory_allocated`` during one call minus what was allocated
   before it (so weights and inputs are excluded), MiB; not measured on the CPU.
+- **Check**: the matching logits of a first call must be finite (a precision that overflows
+  is reported in ``status`` and still timed).
 - **FLOPs**: counted once per (model, frames) at batch 1 by ``perceiver_vl.flops`` on the CPU
   (math attention kernel), times the batch; achieved TFLOP/s = FLOPs / median.
 
@@ -260,6 +262,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         }
                         call = forward_call(model, inputs)
                         with torch.inference_mode():
+                            logits = call().matching_logits
+                            row["finite"] = bool(torch.isfinite(logits).all())
+                            if not row["finite"]:
+                                row["status"] = "non-finite matching logits"
                             times = time_calls(
                                 call, device, args.warmup, args.repeats, args.budget_s
                             )
@@ -303,13 +309,14 @@ def environment(device: torch.device, args: argparse.Namespace) -> dict[str, Any
 
 
 def _line(row: dict[str, Any]) -> str:
-    if row["status"] != "ok":
+    if "latency_ms_median" not in row:
         return (
             f"{row['model']} {row['dtype']} {row['frames']}f batch {row['batch']}: {row['status']}"
         )
     mem = "" if row["peak_mem_mib"] is None else f", peak {row['peak_mem_mib']:.0f} MiB"
+    note = "" if row["status"] == "ok" else f" ({row['status']})"
     return (
-        f"{row['model']} {row['dtype']} {row['frames']}f batch {row['batch']}: "
+        f"{row['model']}{note} {row['dtype']} {row['frames']}f batch {row['batch']}: "
         f"{row['latency_ms_median']:.2f} ms, {row['samples_per_s']:.1f} samples/s, "
         f"{row['tflops_per_s']:.3g} TFLOP/s{mem}"
     )
@@ -327,15 +334,16 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        if r["status"] != "ok":
+        if "latency_ms_median" not in r:
             lines.append(
                 f"| {r['model']} | {r['dtype']} | {r['frames']} | {r['batch']} | {r['status']} "
                 "| | | |"
             )
             continue
         mem = "–" if r["peak_mem_mib"] is None else f"{r['peak_mem_mib']:,.0f}"
+        name = r["model"] if r["status"] == "ok" else f"{r['model']} ({r['status']})"
         lines.append(
-            f"| {r['model']} | {r['dtype']} | {r['frames']} | {r['batch']} | "
+            f"| {name} | {r['dtype']} | {r['frames']} | {r['batch']} | "
             f"{r['latency_ms_median']:.2f} ({r['latency_ms_p10']:.2f}-{r['latency_ms_p90']:.2f}) | "
             f"{r['samples_per_s']:,.1f} | {r['tflops_per_s']:.3g} | {mem} |"
         )

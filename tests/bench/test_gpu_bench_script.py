@@ -52,6 +52,37 @@ def test_rows_cover_every_case_with_consistent_figures(gpu_bench, tmp_path):
     assert "| perceiver-vl | fp32 | 4 | 3 |" in text and "| joint | fp32 | 2 | 1 |" in text
 
 
+def test_half_precisions_run_and_overflow_is_reported(gpu_bench, monkeypatch, tmp_path):
+    out = tmp_path / "gpu.json"
+    argv = [*ARGS[:3], "--frames", "2", "--batches", "2", "--repeats", "1", "--json", str(out)]
+    gpu_bench.main([*argv, "--dtypes", "fp16,bf16"])
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["model"], r["dtype"]) for r in rows} == {
+        (m, d) for m in ("perceiver-vl", "joint") for d in ("fp16", "bf16")
+    }
+    assert all(r["status"] == "ok" and r["finite"] for r in rows)
+
+    real = gpu_bench.forward_call
+
+    def overflowing(model, inputs):
+        call = real(model, inputs)
+
+        def wrapped():
+            out = call()
+            out.matching_logits.fill_(float("nan"))
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(gpu_bench, "forward_call", overflowing)
+    table = tmp_path / "gpu.md"
+    gpu_bench.main([*argv, "--dtypes", "fp16", "--models", "joint", "--markdown", str(table)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["finite"] is False and row["status"] == "non-finite matching logits"
+    assert row["latency_ms_median"] > 0  # still timed
+    assert "joint (non-finite matching logits) | fp16" in table.read_text()
+
+
 def test_flops_match_the_library_counter(gpu_bench):
     from perceiver_vl.flops import count_flops_of
 

@@ -49,6 +49,7 @@ if str(REPO / "src") not in sys.path:
 import torch  # noqa: E402
 
 from perceiver_vl.bench.baseline import JointTransformer  # noqa: E402
+from perceiver_vl.bench.cli import _choice_list, _int_list  # noqa: E402
 from perceiver_vl.flops import count_flops, count_flops_of  # noqa: E402
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig  # noqa: E402
 from perceiver_vl.model.presets import preset  # noqa: E402
@@ -58,45 +59,20 @@ MODELS = ("perceiver-vl", "joint")
 TEXT_LENGTH = 40
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from err
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _names(allowed: tuple[str, ...] | list[str]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [part.strip() for part in text.split(",") if part.strip()]
-        unknown = [n for n in names if n not in allowed]
-        if not names or unknown:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: choose from {', '.join(allowed)} (comma-separated)"
-            )
-        return names
-
-    return parse
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
-    parser.add_argument("--frames", type=_ints, default=[8, 32], help="frame counts (8,32)")
-    parser.add_argument("--batches", type=_ints, default=[1, 64], help="batch sizes (1,64)")
+    parser.add_argument("--frames", type=_int_list, default=[8, 32], help="frame counts (8,32)")
+    parser.add_argument("--batches", type=_int_list, default=[1, 64], help="batch sizes (1,64)")
     parser.add_argument(
         "--dtypes",
-        type=_names(list(DTYPES)),
+        type=_choice_list(list(DTYPES)),
         default=["fp16", "bf16", "fp32"],
         help="precisions (fp16,bf16,fp32)",
     )
     parser.add_argument(
         "--models",
-        type=_names(MODELS),
+        type=_choice_list(MODELS),
         default=list(MODELS),
         help="perceiver-vl and/or joint (both)",
     )

@@ -133,8 +133,8 @@ def test_cuda_without_a_gpu_is_refused_with_the_fix(gpu_bench, capsys):
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["--dtypes", "fp8"], "fp32, bf16, fp16"),
-        (["--models", "vilt"], "perceiver-vl, joint"),
+        (["--dtypes", "fp8"], "fp32,bf16,fp16"),
+        (["--models", "vilt"], "perceiver-vl,joint"),
         (["--frames", "0"], "positive integers"),
         (["--repeats", "0"], "--repeats"),
     ],

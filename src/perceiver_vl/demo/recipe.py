@@ -51,10 +51,10 @@ class DemoSettings:
             motion (docs/analyses.md, "The two input options against the paper's input").
         batch_size: training batch size (both stages).
         pretrain_steps / pretrain_lr: stage 1, matching + masked LM with ``model["layerdrop"]``.
-            How well the encoder learns to read motion depends on how long masked LM runs:
-            after 500 steps some seeds read a masked motion word two times in three, after
-            700 nearly always; the fine-tuning then needs fewer steps (700 + 350 costs what
-            500 + 450 did).
+            Masked LM is what teaches the encoder to read motion, and it needs the steps:
+            a run stopped early reads some motion directions and not others, and the
+            retrieval model fine-tuned from it inherits the gap (docs/analyses.md,
+            "Pretraining longer, fine-tuning shorter").
         mlm_probability: share of caption tokens masked for masked LM (the paper: 0.15). The
             demo's captions are short (about ten tokens); at 0.65 their motion words are
             masked-LM targets often enough for the encoder to learn to read motion within a

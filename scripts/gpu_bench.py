@@ -14,15 +14,16 @@ Every combination of model, precision, frame count and batch is one row:
   host synchronisation on input checks). ``fp16`` / ``bf16``: weights and frames cast to that
   dtype (no autocast); ``fp32``: TF32 off (torch's default for matrix products) unless
   ``--tf32``.
-- **Latency**: ``--warmup`` untimed calls, then timed calls (each bracketed by CUDA events and
-  synchronised; wall clock on the CPU) until ``--repeats`` calls or ``--budget-s`` seconds;
-  median, p10 and p90 in ms, and samples/s = batch / median.
+- **Latency**: ``--warmup`` untimed calls, then timed calls (wall clock of each call up to the
+  GPU's finishing it, ``torch.cuda.synchronize``; ``perceiver_vl.bench.measure.time_callable``)
+  until ``--repeats`` calls or ``--budget-s`` seconds (at least 3); median, p10 and p90 in ms,
+  and samples/s = batch / median.
 - **Peak memory**: ``torch.cuda.max_memory_allocated`` during one call minus what was allocated
   before it (so weights and inputs are excluded), MiB; not measured on the CPU.
 - **Check**: the matching logits of a first call must be finite (a precision that overflows
   is reported in ``status`` and still timed).
-- **FLOPs**: counted once per (model, frames) at batch 1 by ``perceiver_vl.flops`` on the CPU
-  (math attention kernel), times the batch; achieved TFLOP/s = FLOPs / median.
+- **FLOPs**: counted as ``perceiver-vl bench`` counts them (``perceiver_vl.bench.Benchmark.flops``:
+  fp32 on the CPU, math attention, at batch 1 times the batch); achieved TFLOP/s = FLOPs / median.
 
 A case that runs out of GPU memory is recorded with that status and the run goes on. The
 output is a markdown table (stdout, and ``--markdown``) and the rows with the environment
@@ -35,10 +36,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +47,15 @@ if str(REPO / "src") not in sys.path:
 
 import torch  # noqa: E402
 
-from perceiver_vl.bench.baseline import JointTransformer  # noqa: E402
 from perceiver_vl.bench.cli import _choice_list, _int_list  # noqa: E402
-from perceiver_vl.flops import count_flops, count_flops_of  # noqa: E402
+from perceiver_vl.bench.measure import time_callable  # noqa: E402
+from perceiver_vl.bench.sweeps import (  # noqa: E402
+    BenchCase,
+    Benchmark,
+    BenchSettings,
+    build_model,
+    make_inputs,
+)
 from perceiver_vl.model import PerceiverVL, PerceiverVLConfig  # noqa: E402
 from perceiver_vl.model.presets import preset  # noqa: E402
 
@@ -106,30 +111,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def base_config(frames: list[int], tiny: bool) -> PerceiverVLConfig:
+def base_config(frames: Sequence[int], tiny: bool) -> PerceiverVLConfig:
     """The paper configuration (or the ``tiny`` preset) with room for the longest clip."""
     if tiny:
-        return preset("tiny", max_frames=max(frames), max_text_length=TEXT_LENGTH)
+        return preset("tiny", max_frames=max(frames))
     return PerceiverVLConfig(max_frames=max(frames))
 
 
-def make_inputs(config: PerceiverVLConfig, frames: int, batch: int) -> dict[str, torch.Tensor]:
-    """Seeded CPU inputs: frames in [-1, 1], token ids starting with [CLS], all-True mask."""
-    g = torch.Generator().manual_seed(frames * 1000 + batch)
-    size = config.image_size
-    video = torch.rand(batch, frames, 3, size, size, generator=g) * 2 - 1
-    ids = torch.randint(1, config.vocab_size, (batch, TEXT_LENGTH), generator=g)
-    ids[:, 0] = min(101, config.vocab_size - 1)
-    return {"video": video, "text_ids": ids, "text_mask": torch.ones_like(ids, dtype=torch.bool)}
-
-
-def build(name: str, config: PerceiverVLConfig) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = PerceiverVL(config) if name == "perceiver-vl" else JointTransformer(config)
-    return model.eval()
+def bench_case(name: str, config: PerceiverVLConfig, frames: int, batch: int) -> BenchCase:
+    """The ``perceiver_vl.bench`` case of one row: all cross-attention blocks, 40 tokens."""
+    blocks = tuple(range(len(config.cross_attention_before_layers)))
+    return BenchCase(
+        model=name,
+        frames=frames,
+        image_size=config.image_size,
+        latents=config.num_latents,
+        cross_attention_layers=blocks,
+        batch=batch,
+        text_length=TEXT_LENGTH,
+    )
 
 
 def forward_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Callable[[], Any]:
+    """The timed call: Perceiver-VL with every block and no value checks, or the baseline."""
     if isinstance(model, PerceiverVL):
         layers = list(range(len(model.config.cross_attention_before_layers)))
 
@@ -141,40 +145,17 @@ def forward_call(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Cal
     return lambda: model(**inputs)
 
 
-def flops_per_sample(name: str, config: PerceiverVLConfig, frames: int) -> int:
-    """FLOPs of one sample's forward (fp32, CPU, math attention)."""
-    model = build(name, config)
-    inputs = make_inputs(config, frames, 1)
-    if name == "joint":
-        return count_flops(model, **inputs)
-    return count_flops_of(forward_call(model, inputs))
+def synchronised(fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
+    """``fn`` that returns only once the GPU has finished its work (unchanged on the CPU)."""
+    if device.type != "cuda":
+        return fn
 
-
-def time_calls(
-    fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int, budget_s: float
-) -> list[float]:
-    """Milliseconds of each timed call (CUDA events on a GPU, wall clock on the CPU)."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
+    def call() -> Any:
+        result = fn()
         torch.cuda.synchronize(device)
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < repeats and (len(times) < 3 or spent < budget_s):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            ms = start.elapsed_time(end)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            ms = (time.perf_counter() - t0) * 1e3
-        times.append(ms)
-        spent += ms / 1e3
-    return times
+        return result
+
+    return call
 
 
 def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float | None:
@@ -191,14 +172,6 @@ def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float | None
     return (peak - before) / 2**20
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def _is_oom(err: BaseException) -> bool:
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
     return (oom is not None and isinstance(err, oom)) or "out of memory" in str(err).lower()
@@ -209,57 +182,57 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
     torch.backends.cudnn.allow_tf32 = bool(args.tf32)
     config = base_config(args.frames, args.tiny)
-    flops = {
-        (name, frames): flops_per_sample(name, config, frames)
-        for name in args.models
-        for frames in args.frames
-    }
+    counter = Benchmark(BenchSettings(base_config=config))  # the bench's FLOP count (CPU)
     rows: list[dict[str, Any]] = []
     for name in args.models:
         for dtype in args.dtypes:
-            model = build(name, config).to(device=device, dtype=DTYPES[dtype])
+            model = build_model(bench_case(name, config, 1, 1), base_config=config)
+            model = model.to(device=device, dtype=DTYPES[dtype])
             for frames in args.frames:
                 for batch in args.batches:
+                    case = bench_case(name, config, frames, batch)
                     row: dict[str, Any] = {
                         "model": name,
                         "dtype": dtype,
                         "frames": frames,
                         "batch": batch,
-                        "gflops": flops[(name, frames)] * batch / 1e9,
+                        "gflops": counter.flops(case) / 1e9,
                         "status": "ok",
                     }
                     try:
-                        inputs = make_inputs(config, frames, batch)
                         inputs = {
                             k: v.to(device=device, dtype=DTYPES[dtype])
                             if v.is_floating_point()
                             else v.to(device)
-                            for k, v in inputs.items()
+                            for k, v in make_inputs(case, vocab_size=config.vocab_size).items()
                         }
-                        call = forward_call(model, inputs)
+                        call = synchronised(forward_call(model, inputs), device)
                         with torch.inference_mode():
                             logits = call().matching_logits
                             row["finite"] = bool(torch.isfinite(logits).all())
                             if not row["finite"]:
                                 row["status"] = "non-finite matching logits"
-                            times = time_calls(
-                                call, device, args.warmup, args.repeats, args.budget_s
+                            timing = time_callable(
+                                call,
+                                warmup=args.warmup,
+                                min_repeats=min(3, args.repeats),
+                                max_repeats=args.repeats,
+                                budget_s=args.budget_s,
                             )
                             row["peak_mem_mib"] = peak_memory_mib(call, device)
-                        median = statistics.median(times)
                         row.update(
-                            latency_ms_median=median,
-                            latency_ms_p10=percentile(times, 10),
-                            latency_ms_p90=percentile(times, 90),
-                            repeats=len(times),
-                            samples_per_s=batch / (median / 1e3),
-                            tflops_per_s=row["gflops"] / median,  # GFLOP / ms = TFLOP/s
+                            latency_ms_median=timing.median_ms,
+                            latency_ms_p10=timing.p10_ms,
+                            latency_ms_p90=timing.p90_ms,
+                            repeats=timing.repeats,
+                            samples_per_s=batch / (timing.median_ms / 1e3),
+                            tflops_per_s=row["gflops"] / timing.median_ms,  # GFLOP/ms = TFLOP/s
                         )
                     except (RuntimeError, MemoryError) as err:
                         if not _is_oom(err):
                             raise
                         row["status"] = "out of memory"
-                        inputs = call = None  # type: ignore[assignment]
+                        inputs = call = None  # type: ignore[assignment]  # free before the next
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
                     rows.append(row)

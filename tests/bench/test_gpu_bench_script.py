@@ -83,14 +83,25 @@ def test_half_precisions_run_and_overflow_is_reported(gpu_bench, monkeypatch, tm
     assert "joint (non-finite matching logits) | fp16" in table.read_text()
 
 
-def test_flops_match_the_library_counter(gpu_bench):
-    from perceiver_vl.flops import count_flops_of
+def test_flops_match_the_public_counter(gpu_bench, tmp_path):
+    """The table's FLOPs are what ``perceiver_vl.flops.count_flops`` counts for that forward."""
+    from perceiver_vl.bench.sweeps import build_model, make_inputs
+    from perceiver_vl.flops import count_flops
 
-    config = gpu_bench.base_config([4], tiny=True)
-    model = gpu_bench.build("perceiver-vl", config)
-    inputs = gpu_bench.make_inputs(config, 4, 1)
-    expected = count_flops_of(gpu_bench.forward_call(model, inputs))
-    assert gpu_bench.flops_per_sample("perceiver-vl", config, 4) == expected
+    out = tmp_path / "gpu.json"
+    gpu_bench.main([*ARGS, "--dtypes", "fp32", "--repeats", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    config = gpu_bench.base_config([2, 4], tiny=True)
+    for r in rows:
+        case = gpu_bench.bench_case(r["model"], config, r["frames"], 1)
+        model = build_model(case, base_config=config)
+        inputs = make_inputs(case, vocab_size=config.vocab_size)
+        if r["model"] == "perceiver-vl":
+            blocks = list(case.cross_attention_layers)
+            expected = count_flops(model, **inputs, cross_attention_layers=blocks)
+        else:
+            expected = count_flops(model, **inputs)
+        assert r["gflops"] == pytest.approx(r["batch"] * expected / 1e9)
 
 
 def test_out_of_memory_is_recorded_and_the_run_goes_on(gpu_bench, monkeypatch, tmp_path):

@@ -123,8 +123,9 @@ def _efficiency(settings: DemoSettings, progress: Callable[[str], None]) -> list
 # ----------------------------------------------------------------------------------------------
 def fp32_time_note(settings: DemoSettings, quick: bool) -> str | None:
     """What the full demo tells a user when ``precision: auto`` finds no bf16 units on this CPU
-    (it then trains in fp32, two to four times as long: measured 541-558 s alone with bf16
-    units, 1,042 s and 2,008 s on two AVX2-only 2-core EPYCs). None otherwise. Call before
+    (it then trains in fp32, two to four times as long: the 500 + 450-step recipe, whose steps
+    cost about what 700 + 350 do, took 541-558 s alone with bf16 units and 1,042-2,008 s on three
+    AVX2-only 2-core EPYCs). None otherwise. Call before
     ``settings.precision`` is resolved."""
     if quick or settings.precision != "auto" or settings.resolved_precision() != "fp32":
         return None

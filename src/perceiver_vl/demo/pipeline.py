@@ -125,8 +125,8 @@ def fp32_time_note(settings: DemoSettings, quick: bool) -> str | None:
     """What the full demo tells a user when ``precision: auto`` finds no bf16 units on this CPU
     (it then trains in fp32, two to four times as long: the 500 + 450-step recipe, whose steps
     cost about what 700 + 350 do, took 541-558 s alone with bf16 units and 1,042-2,008 s on three
-    AVX2-only 2-core EPYCs). None otherwise. Call before
-    ``settings.precision`` is resolved."""
+    AVX2-only 2-core EPYCs; the 700 + 350 recipe 1,287-1,849 s alone on an AVX2-only EPYC of
+    the slower kind). None otherwise. Call before ``settings.precision`` is resolved."""
     if quick or settings.precision != "auto" or settings.resolved_precision() != "fp32":
         return None
     return (
